@@ -1,0 +1,38 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both create .venv and install.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test demo stress bench lint clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip uv
+
+# Reinstall when the project's dependency list changes.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/uv pip install --python $(BIN)/python -e '.[ray,test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	$(BIN)/ruff check trainresults_dagster tests benchmarks
+	$(BIN)/python -c "import sys, trainresults_dagster; assert 'ray' not in sys.modules and 'torch' not in sys.modules"
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+demo: install
+	$(BIN)/python -m trainresults_dagster.examples.demo
+
+stress: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m stress tests
+
+bench: install
+	$(BIN)/python -m benchmarks.run
+
+lint: install
+	$(BIN)/ruff check trainresults_dagster tests benchmarks
+
+clean:
+	rm -rf $(VENV)
