@@ -1,0 +1,245 @@
+"""Shared, session-scoped real parts: one local Ray, one moto S3 server over HTTP, and the
+Ray Train runs every test reads (run once per session, ~2 minutes on 2 cores).
+
+Fixtures (all session-scoped unless noted):
+
+* ``ray_session`` -> the address of a local Ray (``ray.init(num_cpus=2)``, dashboard on).
+* ``moto`` -> ``MotoS3``: ``endpoint_url``, ``access_key``, ``secret_key``, ``region``,
+  ``client()`` (boto3), ``filesystem()`` (pyarrow), ``s3_resource()`` (dagster-aws),
+  ``new_bucket(prefix)``, ``upload_dir(local, bucket, key)``, ``request_log()``.
+* ``v2_runs`` -> ``{job name: local run path}`` for every job in ``tests/ray_jobs.JOBS``.
+* ``v1_runs`` -> ``{"v1_success": trial dir, "v1_failure": trial dir}`` (RAY_TRAIN_V2_ENABLED=0).
+* ``s3_runs`` -> ``{job name: "s3://runs/<name>"}``: the V2 and V1 runs uploaded to moto.
+* ``s3_direct_run`` -> ``"s3://direct/success_s3"``: a Ray run that wrote straight to moto.
+* ``copy_run`` (function-scoped) -> ``copy_run(name) -> path``: a private, writable copy of a
+  V2 run under ``tmp_path`` (for tests that damage runs).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import ray_jobs  # noqa: E402
+
+SECRET_KEY = "sEcReT-sentinel-9f8e7d6c5b4a"  # scanned for in tests: must never be written
+ACCESS_KEY = "AKIATRAINRESULTSTEST"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MotoS3:
+    """A moto S3 server in a subprocess, reached over HTTP like real S3."""
+
+    def __init__(self, root: Path) -> None:
+        self.port = free_port()
+        self.endpoint_url = f"http://127.0.0.1:{self.port}"
+        self.access_key = ACCESS_KEY
+        self.secret_key = SECRET_KEY
+        self.region = "us-east-1"
+        self.log_path = root / "moto.log"
+        moto_bin = Path(sys.executable).with_name("moto_server")
+        self._log = open(self.log_path, "w")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [str(moto_bin), "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(self.endpoint_url, timeout=1)
+                break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            raise RuntimeError(f"moto server did not start on {self.endpoint_url}")
+
+    def env(self) -> dict[str, str]:
+        """Environment for subprocesses (and pyarrow's default S3 client) to reach moto."""
+        return {
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_ENDPOINT_URL_S3": self.endpoint_url,
+        }
+
+    def client(self) -> Any:
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name=self.region,
+        )
+
+    def s3_resource(self) -> Any:
+        from dagster_aws.s3 import S3Resource
+
+        return S3Resource(
+            endpoint_url=self.endpoint_url,
+            region_name=self.region,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+        )
+
+    def filesystem(self) -> Any:
+        from trainresults_dagster.storage import s3_filesystem
+
+        return s3_filesystem(self.s3_resource())
+
+    def new_bucket(self, prefix: str = "b") -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:10]}".lower()
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def upload_dir(self, local: str, bucket: str, key: str) -> str:
+        client = self.client()
+        for root, _dirs, files in os.walk(local):
+            for f in files:
+                full = os.path.join(root, f)
+                rel = os.path.relpath(full, local).replace(os.sep, "/")
+                client.upload_file(full, bucket, f"{key}/{rel}")
+        return f"s3://{bucket}/{key}"
+
+    def request_log(self) -> list[str]:
+        """Request lines moto has logged so far (``"GET /bucket/key HTTP/1.1"`` ...)."""
+        self._log.flush()
+        return [ln for ln in self.log_path.read_text().splitlines() if "HTTP/1.1" in ln]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
+    server = MotoS3(tmp_path_factory.mktemp("moto"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[str]:
+    import ray
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    ctx = ray.init(
+        num_cpus=2,
+        include_dashboard=True,
+        dashboard_port=free_port(),
+        log_to_driver=False,
+        configure_logging=False,
+    )
+    yield ctx.address_info["address"]
+    ray.shutdown()
+
+
+#: Development aid only (CI never sets it): reuse runs made by an earlier pytest session
+#: from this folder instead of re-running Ray. Tests must treat the runs as read-only.
+RUNS_CACHE = os.environ.get("TRAINRESULTS_TEST_RUNS_CACHE")
+
+
+@pytest.fixture(scope="session")
+def runs_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if RUNS_CACHE:
+        Path(RUNS_CACHE).mkdir(parents=True, exist_ok=True)
+        return Path(RUNS_CACHE)
+    return tmp_path_factory.mktemp("ray_storage")
+
+
+def _cached(root: Path, kind: str, request: pytest.FixtureRequest, make: Any) -> dict[str, str]:
+    if not RUNS_CACHE:
+        return make(request.getfixturevalue("ray_session"))
+    import fcntl
+
+    with open(root / f".{kind}.lock", "w") as lock:  # parallel pytest sessions build it once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _cached_locked(root, kind, request, make)
+
+
+def _cached_locked(
+    root: Path, kind: str, request: pytest.FixtureRequest, make: Any
+) -> dict[str, str]:
+    marker = root / f"{kind}.done"
+    if marker.exists():
+        return dict(line.split("\t", 1) for line in marker.read_text().splitlines() if line)
+    shutil.rmtree(root / kind, ignore_errors=True)
+    runs = make(request.getfixturevalue("ray_session"))
+    marker.write_text("".join(f"{k}\t{v}\n" for k, v in runs.items()))
+    return runs
+
+
+@pytest.fixture(scope="session")
+def v2_runs(runs_root: Path, request: pytest.FixtureRequest) -> dict[str, str]:
+    return _cached(runs_root, "v2", request, lambda _a: ray_jobs.make_v2_runs(str(runs_root / "v2")))
+
+
+@pytest.fixture(scope="session")
+def v1_runs(runs_root: Path, request: pytest.FixtureRequest) -> dict[str, str]:
+    return _cached(
+        runs_root, "v1", request, lambda a: ray_jobs.make_v1_runs(str(runs_root / "v1"), address=a)
+    )
+
+
+@pytest.fixture(scope="session")
+def s3_runs(moto: MotoS3, v2_runs: dict[str, str], v1_runs: dict[str, str]) -> dict[str, str]:
+    moto.client().create_bucket(Bucket="runs")
+    out = {}
+    for name, path in v2_runs.items():
+        out[name] = moto.upload_dir(path, "runs", f"v2/{name}")
+    for name, path in v1_runs.items():
+        exp = os.path.dirname(path)
+        moto.upload_dir(exp, "runs", f"v1/{name}")
+        out[name] = f"s3://runs/v1/{name}/{os.path.basename(path)}"
+    return out
+
+
+@pytest.fixture(scope="session")
+def s3_direct_run(moto: MotoS3, ray_session: str) -> str:
+    """A Ray Train run whose ``storage_path`` is the moto bucket itself."""
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(ray_jobs)
+    moto.client().create_bucket(Bucket="direct")
+    ray_jobs.run_job(
+        "success_s3",
+        "direct",
+        storage_filesystem=moto.filesystem(),
+        spec=ray_jobs.JOBS["success"],
+    )
+    return "s3://direct/success_s3"
+
+
+@pytest.fixture
+def copy_run(v2_runs: dict[str, str], tmp_path: Path) -> Any:
+    def _copy(name: str) -> str:
+        dst = tmp_path / f"copy-{name}-{uuid.uuid4().hex[:6]}" / name
+        shutil.copytree(v2_runs[name], dst)
+        return str(dst)
+
+    return _copy
