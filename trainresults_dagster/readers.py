@@ -168,15 +168,13 @@ def read_v2(
         try:
             raw = storage.read_bytes(fs, snap_path)
             # Ray writes the snapshot with Python's json (NaN/Infinity literals allowed).
-            parsed = _parse_snapshot(json.loads(raw.decode("utf-8")), where)
-        except FileNotFoundError as exc:
+            data = json.loads(raw.decode("utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            # Empty, truncated or briefly absent: Ray rewrites the file in place. Re-read.
             problem, parsed = exc, None
             continue
-        except (ValueError, UnicodeDecodeError) as exc:
-            if isinstance(exc, CorruptRunError) and "checkpoint_dir_name" in str(exc):
-                raise  # unsafe names are not a race; re-reading will not cure them
-            problem, parsed = exc, None
-            continue
+        # A complete file with the wrong shape or unsafe names is not a race: raise now.
+        parsed = _parse_snapshot(data, where)
         if names is None:
             names = _listing(fs, path)
         referenced = {n for n, _ in parsed["entries"]}

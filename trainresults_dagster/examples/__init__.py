@@ -1,0 +1,1 @@
+"""The example pipeline users start from (loaded by ``workspace.yaml``)."""
