@@ -1,0 +1,1 @@
+"""Ratio benchmarks against the anchors; ``make bench`` runs ``python -m benchmarks.run``."""
