@@ -39,14 +39,20 @@ T = TypeVar("T")
 #: Substrings of transient storage errors worth retrying (S3 5xx, throttling, resets).
 _TRANSIENT = (
     "slowdown",
+    "slow_down",
     "slow down",
+    "http status 5",
+    "network_connection",
+    "curlcode",
+    "short read",
+    "service_unavailable",
+    "internal_failure",
     "503",
     "500 ",
     "internalerror",
     "service unavailable",
     "failed to flush",
     "connection reset",
-    "connection refused",
     "timed out",
     "timeout",
     "requesttimeout",
@@ -57,6 +63,11 @@ _TRANSIENT = (
     "premature end",
     "econnreset",
 )
+
+CHUNK_BYTES = 8 * 2**20
+#: Unreachable endpoints: pyarrow's client already retried these with backoff; retrying
+#: again here would only multiply the wait before the user sees the error.
+_UNREACHABLE = ("could not connect", "couldn't connect", "curlcode: 7,", "could not resolve")
 
 RETRY_ATTEMPTS = int(os.environ.get("TRAINRESULTS_STORAGE_RETRIES", "6"))
 RETRY_BASE_SECONDS = 0.05
@@ -70,6 +81,8 @@ def is_transient(exc: BaseException) -> bool:
     if not isinstance(exc, OSError | ConnectionError | TimeoutError):
         return False
     text = str(exc).lower()
+    if any(marker in text for marker in _UNREACHABLE):
+        return False
     return any(marker in text for marker in _TRANSIENT)
 
 
@@ -258,12 +271,26 @@ def is_dir(fs: pafs.FileSystem, path: str) -> bool:
     return file_info(fs, path).type == pafs.FileType.Directory
 
 
-def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
-    def _read() -> bytes:
-        with fs.open_input_stream(path) as stream:
-            return stream.read()
+class ShortReadError(OSError):
+    """Fewer bytes arrived than the object holds (a transient fault; retried)."""
 
-    return call(_read, what="read", where=to_uri(fs, path))
+
+def _read_verified(fs: pafs.FileSystem, path: str) -> bytes:
+    """Read a whole file and check its length against the size storage reports.
+
+    A cheap guard (the size comes from the HEAD ``open_input_file`` makes anyway): a proxy
+    or store that ends a body early must not hand us a short object as if it were whole.
+    """
+    with fs.open_input_file(path) as fh:
+        size = fh.size()
+        data = fh.read()
+    if len(data) != size:
+        raise ShortReadError(f"short read of {to_uri(fs, path)}: got {len(data)} of {size} bytes")
+    return data
+
+
+def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
+    return call(lambda: _read_verified(fs, path), what="read", where=to_uri(fs, path))
 
 
 def read_text(fs: pafs.FileSystem, path: str) -> str:
@@ -443,12 +470,12 @@ def copy_tree(
             list(pool.map(_copy, infos))
         return len(infos)
 
+    if isinstance(dst_fs, pafs.LocalFileSystem):
+        return _download(src_fs, src, dst, threads=threads)
     if isinstance(src_fs, pafs.LocalFileSystem):
         count = sum(1 for _ in _local_files(src))  # symlink checks before any byte moves
     else:
         count = len([i for i in list_dir(src_fs, src, recursive=True) if i.type == pafs.FileType.File])
-    if isinstance(dst_fs, pafs.LocalFileSystem):
-        os.makedirs(dst, exist_ok=True)
     call(
         lambda: pafs.copy_files(
             src, dst, source_filesystem=src_fs, destination_filesystem=dst_fs, use_threads=True
@@ -457,3 +484,29 @@ def copy_tree(
         where=f"{to_uri(src_fs, src)} -> {to_uri(dst_fs, dst)}",
     )
     return count
+
+
+def _download(src_fs: pafs.FileSystem, src: str, dst: str, *, threads: int) -> int:
+    """Remote folder -> local folder, file by file with verified lengths (see ``_read_verified``)."""
+    infos = [i for i in list_dir(src_fs, src, recursive=True) if i.type == pafs.FileType.File]
+    os.makedirs(dst, exist_ok=True)
+    prefix = len(src.rstrip("/")) + 1
+
+    def _fetch(info: pafs.FileInfo, target: str) -> None:
+        copied = 0
+        with src_fs.open_input_file(info.path) as fh, open(target, "wb") as out:
+            size = fh.size()
+            while chunk := fh.read(CHUNK_BYTES):
+                out.write(chunk)
+                copied += len(chunk)
+        if copied != size:
+            raise ShortReadError(f"short read of {to_uri(src_fs, info.path)}: {copied} of {size} bytes")
+
+    def _one(info: pafs.FileInfo) -> None:
+        target = os.path.join(dst, *info.path[prefix:].split("/"))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        call(lambda: _fetch(info, target), what="download", where=to_uri(src_fs, info.path))
+
+    with concurrent.futures.ThreadPoolExecutor(max(1, min(threads, len(infos) or 1))) as pool:
+        list(pool.map(_one, infos))
+    return len(infos)
