@@ -147,7 +147,8 @@ def resolve(
             path = os.path.abspath(path)
         return filesystem, path.rstrip("/") or "/"
     if not scheme:
-        return pafs.LocalFileSystem(), os.path.abspath(raw).rstrip("/") or "/"
+        local = os.path.abspath(os.path.expanduser(raw))
+        return pafs.LocalFileSystem(), local.rstrip("/") or "/"
     fs, path = pafs.FileSystem.from_uri(raw)
     return fs, path.rstrip("/")
 

@@ -1,0 +1,239 @@
+"""The example pipeline: train -> best checkpoint -> champion -> batch predictions -> serving.
+
+Loaded by ``workspace.yaml`` (``dagster dev -w workspace.yaml``) and run end to end by
+``make demo``. Configuration comes from environment variables, so the same definitions run
+against S3 by setting a few of them:
+
+``TRAINRESULTS_STORAGE``
+    Root for everything the demo writes: a folder (default ``~/.trainresults-demo``) or
+    ``s3://bucket/prefix``. Below it: ``ray/`` (Ray Train storage_path), ``results/``
+    (IO manager), ``registry/``, ``values/`` (JSON values), ``data/``, ``predictions/``.
+``AWS_ENDPOINT_URL``, ``AWS_REGION``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``
+    The standard AWS settings, for an ``s3://`` storage root (read by boto3 and pyarrow;
+    never written anywhere by this library).
+``RAY_ADDRESS``
+    Train on an existing Ray cluster instead of a local Ray.
+``TRAINRESULTS_WEBHOOK_URL`` / ``TRAINRESULTS_WEBHOOK_SECRET``
+    Serving hand-off target (a signed webhook). Unset: the serving step says so and skips.
+``TRAINRESULTS_ALERT_URL`` / ``TRAINRESULTS_ALERT_SECRET``
+    Where failure alerts go. Unset: alerts are written to the sensor's log.
+``TRAINRESULTS_EPOCHS``
+    Training epochs (default 8).
+"""
+
+
+import os
+import zlib
+from typing import Any
+
+import dagster as dg
+from dagster_aws.s3 import S3Resource
+from pydantic import Field
+
+import trainresults_dagster as trd
+from trainresults_dagster import storage
+from trainresults_dagster.examples.model import Predictor, make_dataset
+
+MODEL = "demo-classifier"
+
+
+def storage_root() -> str:
+    root = os.environ.get("TRAINRESULTS_STORAGE") or os.path.expanduser("~/.trainresults-demo")
+    return root.rstrip("/")
+
+
+def location(*parts: str) -> str:
+    return "/".join([storage_root(), *parts])
+
+
+def s3_resource() -> S3Resource | None:
+    if not storage_root().startswith("s3://"):
+        return None
+    return S3Resource(
+        endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"),
+        region_name=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
+    )
+
+
+def _filesystem(uri: str) -> tuple[Any, str]:
+    return storage.filesystem_for(uri, s3_resource())
+
+
+# ------------------------------------------------------------------------------- assets
+@dg.asset(kinds={"python", "parquet"}, group_name="demo",
+          io_manager_key=trd.JSON_IO_MANAGER_KEY)
+def training_data(context: dg.AssetExecutionContext) -> dict[str, Any]:
+    """A generated labelled dataset for training and an unlabelled one for scoring.
+
+    The seed changes with every Dagster run, like fresh data arriving, so a rerun can
+    produce a better or a worse model and the promotion gate decides.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    seed = zlib.crc32(context.run.run_id.encode())
+    frames = {
+        "training": make_dataset(4000, seed=seed),
+        "scoring": make_dataset(20000, seed=seed + 1).drop(columns=["label"]),
+    }
+    out: dict[str, Any] = {"seed": seed}
+    for name, frame in frames.items():
+        uri = location("data", name, "part-0.parquet")
+        fs, path = _filesystem(uri)
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path, filesystem=fs)
+        out[f"{name}_uri"] = uri
+        out[f"{name}_rows"] = len(frame)
+    context.add_output_metadata({"training_rows": out["training_rows"],
+                                 "scoring_rows": out["scoring_rows"]})
+    return out
+
+
+@dg.asset(kinds={"ray"}, group_name="demo", io_manager_key="ray_results",
+          tags={"trainresults/training": "true"})
+def trained_model(context: dg.AssetExecutionContext, training_data: dict[str, Any]) -> trd.TrainResult:
+    """Logistic regression trained with Ray Train V2 (2 workers, a checkpoint per epoch)."""
+    import ray
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    from trainresults_dagster.examples.model import train_loop
+    from trainresults_dagster.ray import RunRecorder
+
+    if not ray.is_initialized():
+        address = os.environ.get("RAY_ADDRESS")
+        ray.init(address=address) if address else ray.init(num_cpus=2, include_dashboard=False)
+    fs, ray_storage = _filesystem(location("ray"))
+    trainer = DataParallelTrainer(
+        train_loop,
+        train_loop_config={
+            "data_path": training_data["training_uri"],
+            "epochs": int(os.environ.get("TRAINRESULTS_EPOCHS", "8")),
+            "lr": 0.5,
+            "seed": training_data["seed"],
+        },
+        scaling_config=ScalingConfig(num_workers=2),
+        run_config=RunConfig(
+            name=f"demo-{context.run.run_id[:8]}",
+            storage_path=ray_storage,
+            storage_filesystem=fs,
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=3, checkpoint_score_attribute="val_loss", checkpoint_score_order="min"
+            ),
+            callbacks=[RunRecorder()],
+        ),
+    )
+    return trd.fit(trainer)
+
+
+best_checkpoint = trd.build_best_checkpoint_asset(
+    "best_checkpoint", result_asset=trained_model, metric="val_loss", mode="min",
+    group_name="demo",
+)
+champion = trd.build_promotion_asset(
+    "champion",
+    model=MODEL,
+    candidate_asset=best_checkpoint,
+    metric="val_loss",
+    mode="min",
+    min_improvement=0.001,
+    thresholds={"val_accuracy": (0.7, None)},
+    group_name="demo",
+)
+batch_predictions = trd.build_batch_inference_asset(
+    "batch_predictions",
+    model_asset=champion,
+    predictor=Predictor,
+    input_uri=location("data", "scoring"),
+    output_uri=location("predictions"),
+    engine="local",
+    s3_key="s3" if storage_root().startswith("s3://") else None,
+    group_name="demo",
+)
+serving = trd.build_serving_asset("serving", model_asset=champion, group_name="demo")
+
+demo_assets = [training_data, trained_model, best_checkpoint, champion, batch_predictions, serving]
+
+# --------------------------------------------------------------------- automation
+retrain_job = dg.define_asset_job(
+    "retrain", selection=dg.AssetSelection.assets(trained_model).downstream()
+    | dg.AssetSelection.assets(training_data),
+)
+weekly_retraining = trd.build_retraining_schedule(
+    "weekly_retraining", target=retrain_job, cron_schedule="0 3 * * 1"
+)
+failed_ray_runs = trd.build_failed_run_sensor(
+    "failed_ray_runs", storage_path=location("ray"), job=retrain_job,
+    s3_resource_key="s3" if storage_root().startswith("s3://") else None,
+)
+training_failures = trd.build_training_failure_sensor(
+    "training_failures",
+    webserver_base_url=os.environ.get("DAGSTER_WEBSERVER_URL", "http://localhost:3000"),
+)
+
+
+# ---------------------------------------------------------------------- resources
+class LogAlertSink(dg.ConfigurableResource):
+    """Alert sink used when no alert URL is configured: the alert goes to the Python log."""
+
+    logger_name: str = Field(default="trainresults.alerts", description="Python logger to use.")
+
+    def send(self, alert: dict[str, Any]) -> None:
+        import json
+        import logging
+
+        logging.getLogger(self.logger_name).warning("ALERT %s", json.dumps(alert, default=str))
+
+
+class NoServingTarget(dg.ConfigurableResource):
+    """Serving target used when no webhook URL is configured: records a skip and says why."""
+
+    reason: str = Field(description="Why nothing is deployed; shown in the asset's metadata.")
+
+    def deploy(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        import logging
+
+        logging.getLogger("trainresults.serving").warning(
+            "serving hand-off of %s v%s skipped: %s",
+            manifest.get("model"), manifest.get("version"), self.reason,
+        )
+        return {"status": "skipped", "reason": self.reason}
+
+
+def resources() -> dict[str, Any]:
+    s3 = s3_resource()
+    out: dict[str, Any] = {
+        "ray_results": trd.RayTrainResultIOManager(
+            base_path=location("results"), s3=s3, checkpoints="copy", on_error="fail"
+        ),
+        trd.JSON_IO_MANAGER_KEY: trd.JsonIOManager(base_path=location("values"), s3=s3),
+        "checkpoint_registry": trd.CheckpointRegistry(base_path=location("registry"), s3=s3),
+        "alert_sink": (
+            trd.WebhookAlertSink(url=dg.EnvVar("TRAINRESULTS_ALERT_URL"),
+                                 secret=os.environ.get("TRAINRESULTS_ALERT_SECRET") and
+                                 dg.EnvVar("TRAINRESULTS_ALERT_SECRET"))
+            if os.environ.get("TRAINRESULTS_ALERT_URL") else LogAlertSink()
+        ),
+    }
+    if s3 is not None:
+        out["s3"] = s3
+    if os.environ.get("TRAINRESULTS_WEBHOOK_URL"):
+        out["serving_target"] = trd.WebhookTarget(
+            url=dg.EnvVar("TRAINRESULTS_WEBHOOK_URL"),
+            secret=os.environ.get("TRAINRESULTS_WEBHOOK_SECRET") and dg.EnvVar("TRAINRESULTS_WEBHOOK_SECRET"),
+        )
+    else:
+        out["serving_target"] = NoServingTarget(
+            reason="TRAINRESULTS_WEBHOOK_URL is not set: set it to a webhook URL to hand the "
+            "champion to your serving system"
+        )
+    return out
+
+
+defs = dg.Definitions(
+    assets=demo_assets,
+    jobs=[retrain_job],
+    schedules=[weekly_retraining],
+    sensors=[failed_ray_runs, training_failures],
+    resources=resources(),
+)
