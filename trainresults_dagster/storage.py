@@ -225,6 +225,9 @@ def s3_filesystem(
         "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=max_attempts),
         "connect_timeout": 10,
         "request_timeout": 60,
+        # Small objects (records, manifests, pointers) go up as one PutObject instead of a
+        # three-request multipart upload; either way the object appears only when complete.
+        "allow_delayed_open": True,
     }
     if s3 is not None and s3.use_unsigned_session:
         kwargs["anonymous"] = True
