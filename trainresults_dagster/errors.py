@@ -46,3 +46,11 @@ class PromotionConflict(TrainResultsError, RuntimeError):
 
 class StorageError(TrainResultsError, OSError):
     """A storage request kept failing after bounded retries."""
+
+
+class VersionNotFoundError(TrainResultsError, LookupError):
+    """The registry has no such model, version or alias (or nothing to roll back to)."""
+
+
+class CorruptRegistryError(TrainResultsError, ValueError):
+    """A registry record exists but cannot be parsed (not JSON, wrong shape, unsafe path)."""
