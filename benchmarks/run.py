@@ -46,7 +46,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     wanted = {w for w in args.only.split(",") if w}
     rows: list[dict] = []
-    failed = False
     for name, module in SUITE:
         if wanted and name not in wanted:
             continue
@@ -66,14 +65,28 @@ def main(argv: list[str] | None = None) -> int:
             for r in got:
                 r["pass"] = "n/a (quick)"
         rows += got
-        failed |= any(r.get("pass") == "FAIL" for r in got)
     stamp = datetime.date.today().isoformat()
     text = f"Measured {stamp} on {machine()}{' (quick)' if args.quick else ''}.\n\n{table(rows)}\n"
     print(text)
-    if not args.quick:
+    if not args.quick and not wanted:
         with open(args.out, "w") as fh:
             fh.write(text)
+        update_readme(text)
     return 0
+
+
+def update_readme(text: str) -> None:
+    """Paste the table between the README's BENCH markers."""
+    readme = os.path.join(os.path.dirname(__file__), "..", "README.md")
+    with open(readme) as fh:
+        content = fh.read()
+    start, end = "<!-- BENCH:START -->", "<!-- BENCH:END -->"
+    if start not in content or end not in content:
+        return
+    head, rest = content.split(start, 1)
+    _, tail = rest.split(end, 1)
+    with open(readme, "w") as fh:
+        fh.write(f"{head}{start}\n{text}{end}{tail}")
 
 
 if __name__ == "__main__":
