@@ -124,16 +124,17 @@ def cmd_registry(args: argparse.Namespace) -> int:
             print(json.dumps(rows, default=str, indent=2))
         else:
             print(_table(["version", "checkpoint", "created_at"],
-                         [[r["version"], r["checkpoint"]["uri"] if isinstance(r.get("checkpoint"), dict)
-                           else r.get("checkpoint"), r.get("created_at")] for r in rows]))
+                         [[r["version"], r["uri"], r["created_at"]] for r in rows]))
         return EXIT_OK
     if args.action == "show":
         mv = reg.get_version(args.model, args.version) if args.version else reg.get(args.model, alias=args.alias)
         print(json.dumps(_version_dict(mv), default=str, indent=2))
         return EXIT_OK
     if args.action == "promote":
+        # Without --expected-version the move is unchecked (...); with it, compare-and-set.
+        expected = ... if args.expected_version is None else args.expected_version
         mv = reg.promote(args.model, args.version, alias=args.alias,
-                         expected_version=args.expected_version, reason=args.reason)
+                         expected_version=expected, reason=args.reason)
         print(json.dumps(_version_dict(mv), default=str, indent=2) if args.json
               else f"{args.model}@{args.alias} -> version {args.version}")
         return EXIT_OK
@@ -147,9 +148,9 @@ def cmd_registry(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, default=str, indent=2))
     else:
-        print(_table(["version", "previous", "who", "when", "reason"],
-                     [[r.get("version"), r.get("previous_version"), r.get("who"), r.get("when"),
-                       r.get("reason")] for r in rows]))
+        print(_table(["seq", "action", "version", "previous", "who", "at", "reason"],
+                     [[r.get("seq"), r.get("action"), r.get("version"), r.get("previous_version"),
+                       r.get("who"), r.get("at"), r.get("reason")] for r in rows]))
     return EXIT_OK
 
 

@@ -21,7 +21,13 @@ from .gate import GateDecision, evaluate_gate, validate_min_improvement, validat
 from .json_io_manager import JSON_IO_MANAGER_KEY
 from .model_version import ModelVersion, validate_name
 from .result import TrainResult
-from .selection import finite_number, lookup_metric, select_best_checkpoint, validate_mode
+from .selection import (
+    _MISSING,
+    finite_number,
+    lookup_metric,
+    select_best_checkpoint,
+    validate_mode,
+)
 
 GATE_CHECK_NAME = "promotion_gate"
 _CONFLICT_RETRIES = 3
@@ -91,8 +97,7 @@ def _ranking(result: TrainResult, metric: str, chosen: Checkpoint) -> dg.TableMe
             "checkpoint": ckpt.name,
             "report_index": result.report_index_of(ckpt, default=-1),
             "value": value,
-            "raw": "missing" if value is None and not isinstance(raw, int | float | str)
-            else str(raw),
+            "raw": "missing" if raw is _MISSING else repr(raw),
             "eligible": value is not None,
             "chosen": ckpt == chosen,
         }))
@@ -147,6 +152,11 @@ def build_best_checkpoint_asset(
         checkpoint = Checkpoint(chosen.path, chosen.filesystem, metrics=metrics)
         value = finite_number(lookup_metric(metrics, metric))
         context.log.info(f"best checkpoint by {metric} ({mode}): {checkpoint.uri} = {value}")
+        if run.status == "failed":
+            context.log.warning(
+                f"run {run.uri} failed ({run.error.error_type if run.error else 'unknown'}); "
+                "its best persisted checkpoint was chosen anyway: gate it before promoting"
+            )
         return dg.Output(checkpoint, metadata={
             "checkpoint_uri": dg.MetadataValue.path(checkpoint.uri),
             "run_uri": dg.MetadataValue.path(run.uri),
