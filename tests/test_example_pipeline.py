@@ -91,6 +91,21 @@ def test_cli_on_the_demo_run(demo_runs, demo_env):
                              "list", demo.MODEL], env=env, capture_output=True, text=True,
                             check=True)
     assert [v["version"] for v in json.loads(listed.stdout)] == [1, 2]
+    def registry_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run([f"{BIN}/trainresults", "registry", "--base", registry, *args],
+                              env=env, capture_output=True, text=True, check=check)
+
+    conflict = registry_cli("promote", demo.MODEL, "--version", "2", "--expected-version", "5",
+                            check=False)
+    assert conflict.returncode == 5 and "champion" in conflict.stderr
+    registry_cli("promote", demo.MODEL, "--version", "2", "--expected-version", "1")
+    shown = json.loads(registry_cli("--json", "show", demo.MODEL).stdout)
+    assert shown["version"] == 2
+    registry_cli("rollback", demo.MODEL)
+    assert json.loads(registry_cli("--json", "show", demo.MODEL).stdout)["version"] == 1
+    history = json.loads(registry_cli("--json", "history", demo.MODEL).stdout)
+    assert [h["version"] for h in history][-2:] == [2, 1]
+    assert "rollback" in registry_cli("history", demo.MODEL).stdout
     bad = subprocess.run([f"{BIN}/trainresults", "best", run_uri, "--metric", "nope",
                           "--mode", "min"], env=env, capture_output=True, text=True)
     assert bad.returncode == 4 and "nope" in bad.stderr
