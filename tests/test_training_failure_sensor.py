@@ -157,3 +157,29 @@ def test_undeliverable_alert_fails_the_tick_visibly(defs):
 def test_bad_webserver_url_fails_at_definition_time():
     with pytest.raises(ValueError, match="webserver_base_url"):
         trd.build_training_failure_sensor("s", webserver_base_url="localhost:3000")
+
+
+def test_io_manager_failure_reaches_the_alert(failed_result, receiver, tmp_path):
+    """The IO manager's on_error="fail" dg.Failure carries the context the sensor reads."""
+
+    @dg.asset(io_manager_key="ray_results", kinds={"ray"})
+    def trained() -> trd.TrainResult:
+        return failed_result
+
+    sink = trd.WebhookAlertSink(url=receiver.url)
+    io_defs = dg.Definitions(
+        assets=[trained],
+        sensors=[trd.build_training_failure_sensor("training_failures")],
+        resources={"ray_results": trd.RayTrainResultIOManager(base_path=str(tmp_path),
+                                                              on_error="fail"),
+                   "alert_sink": sink},
+    )
+    with dg.instance_for_test() as instance:
+        cursor = tick(io_defs, "training_failures", instance, None, sink).cursor
+        run_id = launch(io_defs, instance, "trained")
+        tick(io_defs, "training_failures", instance, cursor, sink)
+    (request,) = receiver.requests
+    alert = request.json
+    assert alert["dagster_run_id"] == run_id
+    for key, value in training_context(failed_result).items():
+        assert alert[key] == value, key

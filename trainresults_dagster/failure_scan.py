@@ -1,7 +1,7 @@
 """Find failed Ray Train runs under a storage path, incrementally (no Dagster, no ray).
 
 ``scan_failed_runs(storage_path, cursor)`` is what ``build_failed_run_sensor`` runs each
-tick; the CLI and the benchmark call it directly. Two sources:
+tick; scripts and the benchmark can call it directly. Two sources:
 
 * **V2 runs recorded by ``RunRecorder``**: each terminal failure adds one file to
   ``<storage_path>/_trainresults/failures/`` whose name starts with its UTC time, so names

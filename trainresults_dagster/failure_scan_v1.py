@@ -79,7 +79,10 @@ class V1Scan:
             for e in entries:
                 if e.name.startswith(("_", ".")) or not e.is_dir(follow_symlinks=False):
                     continue
-                mtime = e.stat(follow_symlinks=False).st_mtime_ns
+                try:
+                    mtime = e.stat(follow_symlinks=False).st_mtime_ns
+                except FileNotFoundError:  # deleted since the directory was read
+                    continue
                 newest = max(newest, mtime)
                 if mtime > state.v1_wm - LOCAL_MTIME_SLACK_NS:
                     files = self._state_files(e.name)
@@ -149,8 +152,10 @@ class V1Scan:
     def check_v1_folder(
         self, state: _State, folder: str, files: list[tuple[str, int, int]]
     ) -> None:
-        if not files:
-            if not state.v1.get(folder, {}).get("alerted"):
+        if not files:  # not (or no longer) a V1 experiment
+            if state.v1.get(folder, {}).get("alerted"):
+                state.v1[folder]["done"] = True  # keep what was alerted; stop watching
+            else:
                 state.v1.pop(folder, None)
             return
         name, mtime, size = max(files)  # names carry the session time: newest sorts last
