@@ -46,3 +46,14 @@ def test_s3_snippet_builds_resources():
     exec(compile(_snippets()[2], "README.md#s3", "exec"), namespace)
     assert namespace["io_manager"].checkpoints == "copy"
     assert namespace["registry"].base_path == "s3://ml-bucket/registry"
+
+
+def test_alerts_doc_snippets():
+    path = os.path.join(os.path.dirname(README), "docs", "alerts_and_retraining.md")
+    with open(path) as fh:
+        blocks = re.findall(r"```python\n(.*?)```", fh.read(), flags=re.S)
+    namespace: dict = {}
+    exec(compile(blocks[0], "alerts_and_retraining.md#1", "exec"), namespace)
+    dg.Definitions.validate_loadable(namespace["defs"])
+    for i, block in enumerate(blocks[1:], start=2):  # need optional packages (dagster-slack)
+        compile(block, f"alerts_and_retraining.md#{i}", "exec")
