@@ -1,0 +1,22 @@
+"""``make bench --quick`` as a CI smoke test: every benchmark runs end to end (no thresholds:
+shared CI machines are too noisy for timing goals; ``make bench`` checks those)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+REPO = os.path.join(os.path.dirname(__file__), "..")
+
+
+def test_quick_benchmarks_run_and_print_the_table():
+    out = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick"], cwd=REPO,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    table = [ln for ln in out.stdout.splitlines() if ln.startswith("| ")]
+    names = [ln.split("|")[1].strip() for ln in table[1:]]
+    for expected in ("read S3 requests", "load_input S3 requests", "register",
+                     "batch inference throughput", "sensor tick", "import trainresults_dagster"):
+        assert any(n.startswith(expected) for n in names), (expected, names)
+    assert not any("| error |" in ln for ln in table), out.stderr[-3000:]
