@@ -42,17 +42,12 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from .training_context import CONTEXT_KEYS
+
 ALERT_KINDS = ("ray_run_failed", "dagster_run_failed")
-#: Keys every alert has (the public contract), whatever is known about the failure.
-REQUIRED_KEYS = (
-    "kind",
-    "run_uri",
-    "error_type",
-    "message",
-    "worker_failures",
-    "last_checkpoint_uri",
-    "last_metrics",
-)
+#: Keys every alert has (the public contract), whatever is known about the failure: the
+#: kind plus the training context every failure report carries.
+REQUIRED_KEYS = ("kind", *CONTEXT_KEYS)
 MAX_MESSAGE_CHARS = 4000
 MAX_RANK_CHARS = 500
 MAX_RANKS = 64
