@@ -8,14 +8,12 @@ your own (see the Slack example in ``alerts.py``).
 
 from __future__ import annotations
 
-import urllib.parse
 from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
-import dagster as dg
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from .http import post_json
+from .webhook_resource import SignedWebhook
 
 ALERT_ID_HEADER = "X-Alert-ID"
 
@@ -27,7 +25,7 @@ class AlertSink(Protocol):
     def send(self, alert: Mapping[str, Any]) -> None: ...
 
 
-class WebhookAlertSink(dg.ConfigurableResource):
+class WebhookAlertSink(SignedWebhook):
     """POST each alert as JSON to a URL.
 
     With ``secret`` the body is signed: header ``X-Signature-SHA256`` is the hex
@@ -44,48 +42,8 @@ class WebhookAlertSink(dg.ConfigurableResource):
         description="http(s) URL to POST alerts to, e.g. a Slack incoming webhook or your "
         "alert router. Use dg.EnvVar for URLs that embed a token."
     )
-    secret: str | None = Field(
-        default=None,
-        description="HMAC-SHA256 signing secret; when set, X-Signature-SHA256 carries the hex "
-        "signature of the raw body. Use dg.EnvVar: never put a secret in code.",
-    )
-    retries: int = Field(
-        default=3, ge=0, le=10, description="Retries after the first attempt on transient errors."
-    )
-    timeout_seconds: float = Field(
-        default=10.0, gt=0, le=300, description="Timeout of each HTTP attempt, in seconds."
-    )
-    backoff_seconds: float = Field(
-        default=0.5,
-        ge=0,
-        le=60,
-        description="First retry delay in seconds; doubles each retry, with jitter.",
-    )
-
-    @field_validator("url", mode="before")
-    @classmethod
-    def _http_url(cls, value: Any) -> Any:
-        # An EnvVar holds the variable's *name* until Dagster resolves it at run time
-        # ("before" mode: after coercion it would be a plain str).
-        if isinstance(value, dg.EnvVar) or not isinstance(value, str):
-            return value
-        scheme = urllib.parse.urlsplit(value).scheme
-        if scheme not in ("http", "https"):
-            raise ValueError(
-                "WebhookAlertSink.url must be an http:// or https:// URL, got a URL with "
-                f"scheme {scheme!r}"
-            )
-        return value
 
     def send(self, alert: Mapping[str, Any]) -> None:
         """Deliver one alert; raises ``WebhookError`` when it could not be delivered."""
         headers = {ALERT_ID_HEADER: str(alert["alert_id"])} if alert.get("alert_id") else {}
-        post_json(
-            self.url,
-            dict(alert),
-            self.secret,
-            self.retries,
-            timeout=self.timeout_seconds,
-            backoff_seconds=self.backoff_seconds,
-            headers=headers,
-        )
+        self._post(alert, headers)

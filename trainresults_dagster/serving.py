@@ -27,7 +27,8 @@ import dagster as dg
 from pydantic import Field, field_validator
 
 from .errors import TrainResultsError
-from .http import post_json, redact_url
+from .http import redact_url
+from .webhook_resource import SignedWebhook
 
 DEFAULT_DASHBOARD = "http://localhost:8265"
 #: The keys ``RayServeTarget`` sets in ``user_config``; other keys there are kept as they are.
@@ -50,7 +51,7 @@ def _http_url(value: Any, *, what: str) -> Any:
     return value
 
 
-class WebhookTarget(dg.ConfigurableResource):
+class WebhookTarget(SignedWebhook):
     """POST the hand-off manifest as JSON (``{"event": "model_handoff", ...manifest}``).
 
     With ``secret``, ``X-Signature-SHA256`` is the hex HMAC-SHA256 of the raw body (check it
@@ -63,39 +64,9 @@ class WebhookTarget(dg.ConfigurableResource):
         description="http(s) URL of your deployer's hand-off endpoint. Use dg.EnvVar for URLs "
         "that embed a token."
     )
-    secret: str | None = Field(
-        default=None,
-        description="HMAC-SHA256 signing secret; when set, X-Signature-SHA256 carries the hex "
-        "signature of the raw body. Use dg.EnvVar: never put a secret in code.",
-    )
-    retries: int = Field(
-        default=3, ge=0, le=10, description="Retries after the first attempt on transient errors."
-    )
-    timeout_seconds: float = Field(
-        default=10.0, gt=0, le=300, description="Timeout of each HTTP attempt, in seconds."
-    )
-    backoff_seconds: float = Field(
-        default=0.5, ge=0, le=60, description="First retry delay; doubles each retry, with jitter."
-    )
-
-    def __init__(self, url: str, secret: str | None = None, **kwargs: Any) -> None:
-        # Positional (url, secret) as in the public contract; Dagster passes keywords.
-        super().__init__(url=url, secret=secret, **kwargs)
-
-    @field_validator("url")
-    @classmethod
-    def _check_url(cls, value: str) -> str:
-        return _http_url(value, what="WebhookTarget.url")
 
     def deploy(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
-        response = post_json(
-            self.url,
-            {"event": "model_handoff", **manifest},
-            self.secret,
-            self.retries,
-            timeout=self.timeout_seconds,
-            backoff_seconds=self.backoff_seconds,
-        )
+        response = self._post({"event": "model_handoff", **manifest})
         return {
             "target": "webhook",
             "url": redact_url(self.url),
