@@ -24,15 +24,7 @@ from .errors import (
     VersionNotFoundError,
 )
 from .fit import fit
-from .inference import (
-    BatchInferenceError,
-    InferenceInputError,
-    PredictorError,
-    run_batch_inference,
-)
 from .model_version import AliasEvent, ModelVersion
-from .parquet_output import OutputNotCommittedError
-from .parquet_output import open_output as open_inference_output
 from .result import TrainResult
 from .selection import select_best_checkpoint
 from .training_error import TrainingError
@@ -40,8 +32,15 @@ from .training_error import TrainingError
 if TYPE_CHECKING:
     from .alert_sinks import WebhookAlertSink
     from .handoff_assets import build_batch_inference_asset, build_serving_asset
+    from .inference import (
+        BatchInferenceError,
+        InferenceInputError,
+        PredictorError,
+        run_batch_inference,
+    )
     from .io_manager import RayTrainResultIOManager
     from .json_io_manager import JSON_IO_MANAGER_KEY, JsonIOManager
+    from .parquet_output import OutputNotCommittedError, open_inference_output
     from .promotion import build_best_checkpoint_asset, build_promotion_asset
     from .registry_resource import CheckpointRegistry
     from .schedules import build_retraining_schedule
@@ -53,6 +52,13 @@ __version__ = "0.1.0"
 #: Dagster-shell names, imported on first use: dagster + dagster-aws take seconds to
 #: import, and the Ray Train controller imports this package (RunRecorder) without them.
 _LAZY = {
+    # pyarrow.dataset pulls in pandas (~0.75 s): only batch inference needs it.
+    "run_batch_inference": ".inference",
+    "BatchInferenceError": ".inference",
+    "InferenceInputError": ".inference",
+    "PredictorError": ".inference",
+    "OutputNotCommittedError": ".parquet_output",
+    "open_inference_output": ".parquet_output",
     "CheckpointRegistry": ".registry_resource",
     "JSON_IO_MANAGER_KEY": ".json_io_manager",
     "JsonIOManager": ".json_io_manager",

@@ -188,3 +188,7 @@ def _safe_nested(base: str, rel: str, where: str) -> str:
     for part in rel.split("/"):
         out = storage.safe_child(out, part, what="output file", where=where)
     return out
+
+
+#: The package-level name (``trd.open_inference_output``): reads a committed output.
+open_inference_output = open_output
