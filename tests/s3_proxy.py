@@ -7,6 +7,14 @@ seeded fraction of requests. Real sockets on 127.0.0.1; used by tests and benchm
     ...
     proxy.stats  # {"requests": n, "bytes_in": ..., "bytes_out": ..., "faults": {...}}
     proxy.stop()
+
+Faults: ``slowdown`` (503 SlowDown), ``internal`` (500), ``reset`` (connection reset before
+the request reaches the server), ``slow`` (delayed, then forwarded), and ``reset_after``
+(forwarded: the server executes it, then the connection is reset so the client never sees
+the answer; a conditional PUT retried after this one gets 412 for its own write).
+``match(method, path, headers)`` limits faults to some requests (e.g. conditional PUTs);
+``hook(method, path, headers)`` is called for every request and may return a fault name to
+apply to it (tests use it to SIGKILL a client at its n-th request).
 """
 
 from __future__ import annotations
@@ -19,10 +27,20 @@ import threading
 import time
 import urllib.parse
 from collections import Counter
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 FAULTS = ("slowdown", "internal", "reset", "slow")
+ALL_FAULTS = (*FAULTS, "reset_after")
+
+Matcher = Callable[[str, str, Mapping[str, str]], bool]
+Hook = Callable[[str, str, Mapping[str, str]], "str | None"]
+
+
+def conditional_put(method: str, path: str, headers: Mapping[str, str]) -> bool:
+    """A ``match`` for the registry's compare-and-set writes."""
+    return method == "PUT" and bool(headers.get("If-None-Match") or headers.get("If-Match"))
 
 _ERROR_BODY = (
     '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>'
@@ -45,6 +63,8 @@ class S3Proxy:
         seed: int = 0,
         slow_seconds: float = 0.3,
         methods: tuple[str, ...] = ("GET", "PUT", "POST", "DELETE", "HEAD"),
+        match: Matcher | None = None,
+        hook: Hook | None = None,
     ) -> None:
         parsed = urllib.parse.urlparse(upstream)
         self.upstream = (parsed.hostname or "127.0.0.1", parsed.port or 80)
@@ -52,6 +72,8 @@ class S3Proxy:
         self.faults = faults
         self.slow_seconds = slow_seconds
         self.methods = methods
+        self.match = match
+        self.hook = hook
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self.stats: dict[str, Any] = {"requests": 0, "bytes_in": 0, "bytes_out": 0,
@@ -76,11 +98,30 @@ class S3Proxy:
                         self.rfile.readline()
                     return b"".join(chunks)
                 length = int(self.headers.get("Content-Length") or 0)
-                return self.rfile.read(length) if length else b""
+                body = self.rfile.read(length) if length else b""
+                if len(body) != length:
+                    # The client died mid-upload. S3 rejects a body shorter than its
+                    # Content-Length; forwarding it would store a torn object no real
+                    # store ever would.
+                    raise ConnectionResetError(f"short request body: {len(body)} of {length}")
+                return body
+
+            def _reset(self) -> None:
+                # SO_LINGER 0: close() sends RST, as a dropped connection would.
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                           b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                self.connection.close()
+                self.close_connection = True
 
             def _handle(self) -> None:
                 body = self._body()
-                fault = proxy._pick_fault() if self.command in proxy.methods else None
+                fault = None
+                if proxy.hook is not None:
+                    fault = proxy.hook(self.command, self.path, self.headers)
+                if fault is None and self.command in proxy.methods and (
+                    proxy.match is None or proxy.match(self.command, self.path, self.headers)
+                ):
+                    fault = proxy._pick_fault()
                 with proxy._lock:
                     proxy.stats["requests"] += 1
                     proxy.stats["bytes_in"] += len(body)
@@ -88,10 +129,7 @@ class S3Proxy:
                     if fault:
                         proxy.stats["faults"][fault] += 1
                 if fault == "reset":
-                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                               b"\x01\x00\x00\x00\x00\x00\x00\x00")
-                    self.connection.close()
-                    self.close_connection = True
+                    self._reset()
                     return
                 if fault in ("slowdown", "internal"):
                     status, code, msg = ((503, "SlowDown", "Please reduce your request rate.")
@@ -115,8 +153,12 @@ class S3Proxy:
                 conn.request(self.command, self.path, body=body, headers=headers)
                 resp = conn.getresponse()
                 data = resp.read()
+                conn.close()
                 with proxy._lock:
                     proxy.stats["bytes_out"] += len(data)
+                if fault == "reset_after":
+                    self._reset()
+                    return
                 self.send_response(resp.status)
                 for k, v in resp.getheaders():
                     if k.lower() not in ("transfer-encoding", "connection", "content-length"):
@@ -127,7 +169,6 @@ class S3Proxy:
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)
-                conn.close()
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle  # noqa: N815
 

@@ -121,7 +121,7 @@ def test_processes_racing_to_register_and_promote(kind, tmp_path, request):
 @pytest.mark.parametrize("kind", ["local", "s3"])
 def test_processes_racing_stress(kind, tmp_path, request):
     spec = _spec(kind, tmp_path, request)
-    workers, rounds = 6, 40
+    workers, rounds = 8, 40
     outs = _race(spec, workers, rounds, tmp_path)
     _check_race(spec, outs, workers, rounds)
 

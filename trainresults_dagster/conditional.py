@@ -252,8 +252,21 @@ class S3Store:
 
     def _put(self, key: str, data: bytes, **condition: str) -> bool:
         self.require_conditional_writes()
-        if self._try_put(key, data, **condition):
-            return True
+        try:
+            if self._try_put(key, data, **condition):
+                return True
+        except StorageError:
+            # Every answer may have been lost, even though the server executed an attempt
+            # (a reset after forwarding, then 412s, until boto3 gives up). Decide from what
+            # is there now: our bytes mean it happened (failing would make callers redo it),
+            # another writer's object means a lost race; only an untouched key is a failure.
+            try:
+                current = self.get(key)
+            except StorageError:
+                current = None
+            if current is None or current[1] == condition.get("IfMatch"):
+                raise
+            return current[0] == data
         current = self.get(key)
         return current is not None and current[0] == data
 

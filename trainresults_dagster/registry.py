@@ -504,12 +504,24 @@ class Registry:
             )
         data = storage.dumps(event.to_dict())
         if not self._store.replace(self._alias_key(model, alias), data, etag=etag):
-            return False
+            return self._superseded(model, alias, event)
         try:
             self._store.create(self._history_key(model, alias, event.seq), data)
         except (StorageError, OSError):
             pass  # the alias object holds this event; the next move or history() completes it
         return True
+
+    def _superseded(self, model: str, alias: str, event: AliasEvent) -> bool:
+        """True if ``event`` did move the alias and another move has followed it since.
+
+        On S3 a compare-and-set whose answer was lost is retried by boto3 and refused with
+        412; if someone moved the alias in between, the alias no longer holds our bytes.
+        The mover after us copied our event into the history first, so that copy (same
+        unique id) tells a superseded success from a lost race, and the caller neither
+        reports a conflict for its own promotion nor applies it a second time.
+        """
+        found = self._read_json(self._history_key(model, alias, event.seq))
+        return found is not None and found[0].get("id") == event.id
 
     def _moved(
         self, model: str, alias: str, current: AliasEvent | None, expected: Any

@@ -467,7 +467,7 @@ def copy_tree(
             call(
                 lambda: src_fs.copy_file(info.path, target),
                 what="server-side copy",
-                where=to_uri(src_fs, info.path),
+                where=f"{to_uri(src_fs, info.path)} -> {to_uri(dst_fs, target)}",
             )
 
         with concurrent.futures.ThreadPoolExecutor(max(1, min(threads, len(infos)))) as pool:
