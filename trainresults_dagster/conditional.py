@@ -30,6 +30,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any, Protocol
 
+from . import storage
 from .errors import StorageError
 
 
@@ -93,15 +94,6 @@ class LocalStore:
             os.fsync(fh.fileno())
         return tmp
 
-    @staticmethod
-    def _fsync_dir(path: str) -> None:
-        # The new directory entry must survive a power cut too, not only the file content.
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
     def create(self, key: str, data: bytes) -> bool:
         path = self._path(key)
         tmp = self._write_temp(path, data)
@@ -114,7 +106,7 @@ class LocalStore:
             return current is not None and current[0] == data
         finally:
             os.unlink(tmp)
-        self._fsync_dir(os.path.dirname(path))
+        storage.fsync_path(os.path.dirname(path))
         return True
 
     @contextlib.contextmanager
@@ -143,7 +135,7 @@ class LocalStore:
             finally:
                 if os.path.exists(tmp):
                     os.unlink(tmp)
-            self._fsync_dir(os.path.dirname(path))
+            storage.fsync_path(os.path.dirname(path))
         return True
 
     def require_conditional_writes(self) -> None:

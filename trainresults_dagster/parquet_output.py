@@ -109,18 +109,9 @@ def _commit_local(staging: str, output: str, manifest: dict[str, Any]) -> None:
         if had_old:  # put the previous output back: a failed commit changes nothing
             os.rename(old, output)
         raise
-    _fsync_dir(parent)
+    storage.fsync_path(parent)  # persist the renames themselves
     if had_old:
         storage.delete_dir(pafs.LocalFileSystem(), old)
-
-
-def _fsync_dir(path: str) -> None:
-    """Persist the renames themselves, so a crash right after commit cannot undo it."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _commit_object_store(

@@ -89,16 +89,9 @@ def _access_denied(exc: BaseException) -> bool:
 
 
 def _fsync_tree(root: str) -> None:
-    def _sync(path: str) -> None:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
     paths = []
     for folder, _dirs, files in os.walk(root):
         paths.extend(os.path.join(folder, f) for f in files)
         paths.append(folder)  # the new directory entries, too
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        list(pool.map(_sync, paths))
+        list(pool.map(storage.fsync_path, paths))

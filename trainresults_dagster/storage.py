@@ -341,6 +341,16 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
+def fsync_path(path: str) -> None:
+    """Flush a local file or directory to disk; for a directory, its entries (a rename or a
+    new file is only durable once its parent directory is)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
     """Readers see the previous content or the new one, never a partial file.
 
