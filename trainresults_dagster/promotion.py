@@ -26,6 +26,7 @@ from .selection import (
     finite_number,
     lookup_metric,
     select_best_checkpoint,
+    validate_metric,
     validate_mode,
 )
 
@@ -133,8 +134,7 @@ def build_best_checkpoint_asset(
     validate_mode(mode)
     if ties not in ("latest", "earliest"):
         raise ValueError(f"ties must be 'latest' or 'earliest', got {ties!r}")
-    if not isinstance(metric, str) or not metric:
-        raise ValueError(f"metric must be a non-empty string such as 'val_loss', got {metric!r}")
+    validate_metric(metric)
     upstream = _asset_key(result_asset, what="result_asset")
 
     @dg.asset(
@@ -230,8 +230,7 @@ def build_promotion_asset(
     validate_mode(mode)
     min_improvement = validate_min_improvement(min_improvement)
     bounds = validate_thresholds(thresholds)
-    if not isinstance(metric, str) or not metric:
-        raise ValueError(f"metric must be a non-empty string such as 'val_loss', got {metric!r}")
+    validate_metric(metric)
     upstream = _asset_key(candidate_asset, what="candidate_asset")
 
     @dg.asset(

@@ -55,6 +55,11 @@ def validate_mode(mode: str) -> None:
         raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
 
 
+def validate_metric(metric: str) -> None:
+    if not isinstance(metric, str) or not metric:
+        raise ValueError(f"metric must be a non-empty string such as 'val_loss', got {metric!r}")
+
+
 def select_best_checkpoint(
     result: TrainResult,
     metric: str,
@@ -76,8 +81,7 @@ def select_best_checkpoint(
     validate_mode(mode)
     if ties not in ("latest", "earliest"):
         raise ValueError(f"ties must be 'latest' or 'earliest', got {ties!r}")
-    if not isinstance(metric, str) or not metric:
-        raise ValueError(f"metric must be a non-empty string such as 'val_loss', got {metric!r}")
+    validate_metric(metric)
 
     candidates = list(result.checkpoints_with_metrics())
     best: tuple[float, int, Checkpoint, dict[str, Any]] | None = None
