@@ -27,7 +27,7 @@ import shutil
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 _WRITE_MODES = ("w", "a", "x", "+")
@@ -64,10 +64,11 @@ class KillPoints:
             n = self._number()
             if n == self.k and self.when == "before":
                 self._die()
-            out = fn(*args, **kwargs)
-            if n == self.k and self.when == "after":
-                self._die()
-            return out
+            try:
+                return fn(*args, **kwargs)
+            finally:  # "after" a call that raised too (os.link onto an existing name, ...)
+                if n == self.k and self.when == "after":
+                    self._die()
 
         return wrapped
 
@@ -91,7 +92,14 @@ class KillPoints:
             self._patch(os, name, either)
         for name in ("unlink", "remove", "mkdir", "rmdir"):
             self._patch(os, name, first)
-        self._patch(os, "fsync", lambda *a, **k: True)  # only our writes fsync while armed
+
+        def fsynced(fd: Any, *_: Any) -> bool:
+            try:  # the file behind the descriptor (Linux), so other threads' fsyncs don't count
+                return self._under(os.readlink(f"/proc/self/fd/{fd}"))
+            except OSError:
+                return False
+
+        self._patch(os, "fsync", fsynced)
         self._patch(shutil, "copyfile", either)
         self._patch(shutil, "rmtree", first)
         self._patch(builtins, "open", writing)
@@ -150,17 +158,13 @@ def run(spec: dict[str, Any], armed: contextlib.AbstractContextManager[Any],
     raise ValueError(f"unknown op {spec['op']!r}")
 
 
-@contextlib.contextmanager
-def _unarmed() -> Iterator[None]:
-    yield
-
-
 def main() -> None:
     spec = json.loads(sys.argv[1])
     kill = spec.get("kill")
-    armed = KillPoints(spec["root"], kill["k"], kill["when"]) if kill else _unarmed()
+    armed = KillPoints(spec["root"], kill["k"], kill["when"]) if kill else contextlib.nullcontext()
     out = run(spec, armed)
-    print(json.dumps({"done": True, **out}), flush=True)
+    steps = armed.count if isinstance(armed, KillPoints) else None
+    print(json.dumps({"done": True, "steps": steps, **out}), flush=True)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ CI runs a few seeds per case; ``make stress`` (``-m stress``) runs many.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -288,7 +289,8 @@ def _count_kill_points(op: str, backend: str, tmp_path: Any, request: Any) -> in
             proxy = S3Proxy(case.moto.endpoint_url, hook=counter)
             try:
                 env = case.moto.env()
-                run({**case.spec, "endpoint_url": proxy.endpoint_url}, _Unarmed(), env=env)
+                run({**case.spec, "endpoint_url": proxy.endpoint_url}, contextlib.nullcontext(),
+                    env=env)
             finally:
                 proxy.stop()
             steps = counter.count
@@ -296,14 +298,6 @@ def _count_kill_points(op: str, backend: str, tmp_path: Any, request: Any) -> in
         assert steps >= 3, steps
         _kill_points[key] = steps
     return _kill_points[key]
-
-
-class _Unarmed:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
 
 
 class _Ignore(dict):
