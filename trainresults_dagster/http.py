@@ -80,17 +80,18 @@ def verify_signature(secret: str, body: bytes, signature: str) -> bool:
 def encode_json(payload: Any) -> bytes:
     """Canonical JSON bytes: sorted keys, compact, NaN/inf as ``null``, unknown types as str."""
     return json.dumps(
-        _finite(payload), sort_keys=True, separators=(",", ":"), default=str, allow_nan=False
+        json_safe(payload), sort_keys=True, separators=(",", ":"), default=str, allow_nan=False
     ).encode("utf-8")
 
 
-def _finite(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
+    """``obj`` with NaN/inf floats as None and mapping keys as str (strict JSON can hold it)."""
     if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
         return None
     if isinstance(obj, Mapping):
-        return {str(k): _finite(v) for k, v in obj.items()}
+        return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 

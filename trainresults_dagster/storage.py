@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pyarrow.fs as pafs
 
 from .errors import RunNotFoundError, StorageError, UnsafePathError
+from .http import json_safe
 
 if TYPE_CHECKING:
     from dagster_aws.s3 import S3Resource
@@ -328,17 +329,7 @@ def require_dir(fs: pafs.FileSystem, path: str, *, what: str) -> None:
 
 def dumps(obj: Any) -> bytes:
     """Stable JSON for files we write: sorted keys, no NaN literals (they become null)."""
-    return json.dumps(_finite(obj), sort_keys=True, indent=1, default=str).encode("utf-8")
-
-
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
-        return None
-    if isinstance(obj, dict):
-        return {str(k): _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    return obj
+    return json.dumps(json_safe(obj), sort_keys=True, indent=1, default=str).encode("utf-8")
 
 
 def fsync_path(path: str) -> None:
