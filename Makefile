@@ -17,9 +17,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
-test: install
-	$(BIN)/ruff check trainresults_dagster tests benchmarks
-	$(BIN)/python -c "import sys, trainresults_dagster; assert 'ray' not in sys.modules and 'torch' not in sys.modules"
+test: lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 demo: install
@@ -31,8 +29,12 @@ stress: install
 bench: install
 	$(BIN)/python -m benchmarks.run
 
+# ruff keeps the layering (no dagster outside dagster/, no module-level ray/torch/boto3);
+# basedpyright keeps the types and reports import cycles as errors.
 lint: install
 	$(BIN)/ruff check trainresults_dagster tests benchmarks
+	$(BIN)/basedpyright
+	$(BIN)/python -c "import sys, trainresults_dagster; heavy = {'ray', 'torch', 'dagster', 'boto3', 'pandas'} & set(sys.modules); assert not heavy, heavy"
 
 clean:
 	rm -rf $(VENV)

@@ -20,6 +20,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     import ray.train
 
     import trainresults_dagster as trd
+    from trainresults_dagster.dagster._wiring import s3_settings
 
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     sizes = [10, 100] if quick else [10, 100, 1000]
@@ -40,7 +41,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
                             anchor_name="Ray from_path"))
         server = moto_server(tmp)
         try:
-            fs = trd.storage.s3_filesystem(server.s3_resource())
+            fs = s3_settings(server.s3_resource()).filesystem()
             server.client().create_bucket(Bucket="bench")
             counts = {}
             for n in sizes:

@@ -78,6 +78,7 @@ def _s3(quick: bool) -> dict[str, Any]:
     from dagster_aws.s3 import S3Resource
 
     import trainresults_dagster as trd
+    from trainresults_dagster.dagster._wiring import s3_settings
 
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
     from counting_proxy import CountingProxy
@@ -97,7 +98,7 @@ def _s3(quick: bool) -> dict[str, Any]:
                                  aws_access_key_id=server.access_key,
                                  aws_secret_access_key=server.secret_key)
             registry = trd.CheckpointRegistry(base_path="s3://models/registry", s3=through)
-            checkpoint = trd.Checkpoint.from_uri(uri, trd.storage.s3_filesystem(through))
+            checkpoint = trd.Checkpoint.from_uri(uri, s3_settings(through).filesystem())
             proxy.reset()
             version = registry.register("bench", checkpoint, metrics={"loss": 0.1})
             moved = proxy.total

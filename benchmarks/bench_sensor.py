@@ -24,9 +24,9 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from trainresults_dagster import storage
-from trainresults_dagster.failure_scan import scan_failed_runs
-from trainresults_dagster.run_record import JOURNAL_DIR, RECORD_FILE, RunRecord, journal_key
-from trainresults_dagster.training_error import TrainingError
+from trainresults_dagster.alerts.scan import scan_failed_runs
+from trainresults_dagster.runs.failure import TrainingError
+from trainresults_dagster.runs.record import JOURNAL_DIR, RECORD_FILE, RunRecord, journal_key
 
 from .support import best_time, count_requests, moto_server, row
 from .synthetic import write_v2_run

@@ -104,9 +104,9 @@ class MotoS3:
         )
 
     def filesystem(self) -> Any:
-        from trainresults_dagster.storage import s3_filesystem
+        from trainresults_dagster.dagster._wiring import s3_settings
 
-        return s3_filesystem(self.s3_resource())
+        return s3_settings(self.s3_resource()).filesystem()
 
     def new_bucket(self, prefix: str = "b") -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:10]}".lower()

@@ -27,12 +27,12 @@ def open_registry(spec: dict[str, Any]) -> Any:
         aws_secret_access_key=s3["secret_key"],
         region_name=s3["region"],
     )
-    fs = storage.s3_filesystem(
+    fs = storage.S3Settings(
         endpoint_url=s3["endpoint_url"],
         region_name=s3["region"],
         aws_access_key_id=s3["access_key"],
         aws_secret_access_key=s3["secret_key"],
-    )
+    ).filesystem()
     return Registry(spec["base"], filesystem=fs, s3_client=client)
 
 
@@ -76,7 +76,7 @@ def register_main() -> None:
     reg = open_registry(spec)
     source: Any = sys.argv[3]
     if spec.get("source_on_s3"):
-        from trainresults_dagster.checkpoint import Checkpoint
+        from trainresults_dagster.runs.checkpoint import Checkpoint
 
         source = Checkpoint(sys.argv[3], reg.filesystem)
     version = reg.register(sys.argv[2], source, metrics={"loss": 0.1})

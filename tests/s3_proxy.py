@@ -3,7 +3,7 @@ S3 faults (503 SlowDown, 500 InternalError, connection resets, slow responses) f
 seeded fraction of requests. Real sockets on 127.0.0.1; used by tests and benchmarks.
 
     proxy = S3Proxy(moto.endpoint_url, fault_rate=0.2, seed=7)
-    fs = s3_filesystem(endpoint_url=proxy.endpoint_url, ...)
+    fs = S3Settings(endpoint_url=proxy.endpoint_url, ...).filesystem()
     ...
     proxy.stats  # {"requests": n, "bytes_in": ..., "bytes_out": ..., "faults": {...}}
     proxy.stop()

@@ -14,9 +14,9 @@ from alert_receiver import AlertReceiver
 from conftest import SECRET_KEY
 
 import trainresults_dagster as trd
-from trainresults_dagster.alerts import REQUIRED_KEYS, build_alert, render_text
-from trainresults_dagster.http import WebhookError
-from trainresults_dagster.training_context import training_context
+from trainresults_dagster.alerts.alert import REQUIRED_KEYS, build_alert, render_text
+from trainresults_dagster.errors import WebhookError
+from trainresults_dagster.runs.result import training_context
 
 
 @pytest.fixture

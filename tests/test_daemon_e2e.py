@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 from alert_receiver import AlertReceiver
 
-from trainresults_dagster.http import verify_signature
-from trainresults_dagster.run_record import JOURNAL_DIR
+from trainresults_dagster.runs.record import JOURNAL_DIR
+from trainresults_dagster.webhook import verify_signature
 
 DEFS = """
 import os

@@ -18,10 +18,10 @@ from conftest import SECRET_KEY
 from handoff_helpers import make_registry
 
 import trainresults_dagster as trd
-from trainresults_dagster.json_io_manager import JSON_IO_MANAGER_KEY, JsonIOManager
-from trainresults_dagster.model_version import ModelVersion
-from trainresults_dagster.parquet_output import SUCCESS_FILE, OutputInUseError
+from trainresults_dagster.dagster.json_io_manager import JSON_IO_MANAGER_KEY, JsonIOManager
+from trainresults_dagster.handoff.output import SUCCESS_FILE, OutputInUseError
 from trainresults_dagster.registry import Registry
+from trainresults_dagster.registry.model_version import ModelVersion
 
 ROWS = 10_000
 BATCH = 1024
@@ -58,7 +58,7 @@ def siblings(path: str) -> list[str]:
 def test_local_engine_streams_exact_batches_and_commits(registry, input_dir, tmp_path, caplog):
     champion = registry.get("m")
     out = str(tmp_path / "predictions")
-    with caplog.at_level(logging.INFO, logger="trainresults_dagster.inference"):
+    with caplog.at_level(logging.INFO, logger="trainresults_dagster.handoff.inference"):
         summary = trd.run_batch_inference(
             champion, preds.EpochPredictor, input_dir, out, batch_size=BATCH,
             progress_interval_seconds=0.0,

@@ -15,9 +15,10 @@ import ray.train
 import ray_jobs
 
 import trainresults_dagster as trd
-from trainresults_dagster import result_store
-from trainresults_dagster.result_metadata import error_markdown, flatten_metrics
-from trainresults_dagster.result_store import ResultStore
+from trainresults_dagster.dagster.metadata import error_markdown
+from trainresults_dagster.runs import store as result_store
+from trainresults_dagster.runs.metrics import flatten_metrics
+from trainresults_dagster.runs.store import ResultStore
 from trainresults_dagster.storage import resolve
 
 # ------------------------------------------------------------------------------ helpers

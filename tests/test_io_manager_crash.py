@@ -19,8 +19,8 @@ import dagster as dg
 import pytest
 
 import trainresults_dagster as trd
-from trainresults_dagster import result_store
-from trainresults_dagster.result_store import ResultStore
+from trainresults_dagster.runs import store as result_store
+from trainresults_dagster.runs.store import ResultStore
 from trainresults_dagster.storage import resolve
 
 WRITER = textwrap.dedent(

@@ -79,10 +79,10 @@ def test_refuses_values_it_cannot_store_as_json(tmp_path):
 
 
 def test_foreign_json_is_a_typed_error(tmp_path):
-    from trainresults_dagster.json_io_manager import decode
+    from trainresults_dagster.dagster.json_io_manager import decode
 
-    with pytest.raises(trd.CorruptRegistryError, match="trainresults.json_value/1"):
+    with pytest.raises(trd.CorruptValueError, match="trainresults.json_value/1"):
         decode({"pickle": "no"}, where="x.json")
-    with pytest.raises(trd.CorruptRegistryError, match="got 'Exploit'"):
+    with pytest.raises(trd.CorruptValueError, match="got 'Exploit'"):
         decode({"schema": "trainresults.json_value/1", "kind": "Exploit",
                 "value": {"uri": "/x"}}, where="x.json")

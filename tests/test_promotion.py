@@ -17,6 +17,7 @@ from pydantic import Field
 
 import trainresults_dagster as trd
 from trainresults_dagster import storage
+from trainresults_dagster.dagster._wiring import s3_settings
 
 
 class RunChoice(dg.Config):
@@ -28,7 +29,7 @@ def _pipeline(
 ) -> list[dg.AssetsDefinition]:
     @dg.asset(io_manager_key=trd.JSON_IO_MANAGER_KEY, partitions_def=partitions)
     def trained(config: RunChoice) -> trd.TrainResult:
-        fs = storage.s3_filesystem(s3) if s3 is not None else None
+        fs = s3_settings(s3).filesystem() if s3 is not None else None
         return trd.TrainResult.from_path(config.run_uri, fs)
 
     best = trd.build_best_checkpoint_asset("best", result_asset=trained, metric="loss", mode="min")

@@ -21,6 +21,7 @@ from counting_proxy import CountingProxy, HeaderStrippingProxy
 
 import trainresults_dagster as trd
 from trainresults_dagster import storage
+from trainresults_dagster.dagster._wiring import s3_settings
 from trainresults_dagster.registry import Registry
 
 
@@ -381,13 +382,13 @@ def test_s3_copy_is_server_side(backend):
                              aws_secret_access_key=moto.secret_key)
         reg = trd.CheckpointRegistry(base_path=backend.base, s3=through)
         # the checkpoint's filesystem is a separate object on the same endpoint
-        same_endpoint = trd.Checkpoint(src.path, storage.s3_filesystem(through))
+        same_endpoint = trd.Checkpoint(src.path, s3_settings(through).filesystem())
         proxy.reset()
         version = reg.register("clf", same_endpoint, metrics={})
         assert proxy.total < size * 0.01, f"{proxy.total} bytes moved for a {size}-byte copy"
         assert version.size_bytes == size
 
-        local = Registry(backend.base, filesystem=storage.s3_filesystem(through),
+        local = Registry(backend.base, filesystem=s3_settings(through).filesystem(),
                          s3_client=through.get_client())
         folder = backend.make_checkpoint({"x.bin": os.urandom(size)})
         with folder.as_directory() as on_disk:

@@ -199,7 +199,7 @@ def test_sigkill_mid_copy_leaves_no_visible_version(kind, tmp_path, request):
         reg.get_version(model, 1)
 
     if kind == "s3":
-        from trainresults_dagster.checkpoint import Checkpoint
+        from trainresults_dagster.runs.checkpoint import Checkpoint
 
         done = reg.register(model, Checkpoint(source, reg.filesystem), metrics={"loss": 0.1})
     else:

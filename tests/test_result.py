@@ -12,6 +12,7 @@ import pytest
 import ray_jobs
 
 import trainresults_dagster as trd
+from trainresults_dagster.dagster._wiring import s3_settings
 
 V2_WITH_SNAPSHOT = ["success", "success_plain", "failure", "failure_plain", "nan_losses",
                     "custom_names"]
@@ -221,7 +222,7 @@ def test_s3_agrees_with_ray_and_local(moto, s3_runs, v2_runs, name):
 
 
 def test_s3_filesystem_from_dagster_resource(moto, s3_runs):
-    fs = trd.storage.s3_filesystem(moto.s3_resource())
+    fs = s3_settings(moto.s3_resource()).filesystem()
     result = trd.TrainResult.from_path(s3_runs["success"], fs)
     with result.checkpoint.as_directory() as d:
         assert os.path.isfile(os.path.join(d, "model.txt"))

@@ -15,7 +15,7 @@ import dagster as dg
 import pytest
 
 import trainresults_dagster as trd
-from trainresults_dagster.run_record import JOURNAL_DIR, journal_key
+from trainresults_dagster.runs.record import JOURNAL_DIR, journal_key
 
 
 @dg.asset

@@ -10,7 +10,7 @@ import pytest
 import ray_jobs
 
 import trainresults_dagster as trd
-from trainresults_dagster.selection import lookup_metric
+from trainresults_dagster.runs.metrics import lookup_metric
 
 
 def _value(metrics, key):

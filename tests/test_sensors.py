@@ -22,8 +22,8 @@ from s3_proxy import S3Proxy
 
 import trainresults_dagster as trd
 from trainresults_dagster import storage
-from trainresults_dagster.failure_scan import scan_failed_runs
-from trainresults_dagster.run_record import JOURNAL_DIR, journal_key
+from trainresults_dagster.alerts.scan import scan_failed_runs
+from trainresults_dagster.runs.record import JOURNAL_DIR, journal_key
 
 SEED_V2 = ("failure", "failure_before_ckpt", "failure_plain", "success", "nan_losses")
 EXPECTED_FAILED = {"failure", "failure_before_ckpt", "v1_failure"}
@@ -44,6 +44,7 @@ def seed(v2_runs, v1_runs, tmp_path_factory) -> Path:
 
 class LocalBackend:
     name = "local"
+    s3_key = None
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -68,6 +69,7 @@ class LocalBackend:
 
 class S3Backend:
     name = "s3"
+    s3_key = "s3"
 
     def __init__(self, moto: Any, seed: Path) -> None:
         self.moto = moto
@@ -143,7 +145,7 @@ def by_run(requests: list) -> dict[str, dict]:
 
 
 def test_first_tick_alerts_every_failed_run_once(backend, receiver, instance, v2_runs, v1_runs):
-    sensor = trd.build_failed_run_sensor("failed_runs", storage_path=backend.storage_path)
+    sensor = trd.build_failed_run_sensor("failed_runs", storage_path=backend.storage_path, s3_key=backend.s3_key)
     resources = backend.resources(trd.WebhookAlertSink(url=receiver.url, secret="k"))
 
     first = tick(sensor, instance, None, resources)
@@ -178,7 +180,7 @@ def test_first_tick_alerts_every_failed_run_once(backend, receiver, instance, v2
     # daemon restart) send nothing again.
     cursor = json.loads(json.dumps(first.cursor))
     second = tick(sensor, instance, cursor, resources)
-    rebuilt = trd.build_failed_run_sensor("failed_runs", storage_path=backend.storage_path)
+    rebuilt = trd.build_failed_run_sensor("failed_runs", storage_path=backend.storage_path, s3_key=backend.s3_key)
     third = tick(rebuilt, instance, second.cursor, resources)
     assert len(receiver.requests) == 3
     assert third.skip_message.startswith("no new failed runs")
@@ -188,7 +190,7 @@ def test_first_tick_alerts_every_failed_run_once(backend, receiver, instance, v2
 
 
 def test_new_failures_are_found_incrementally(backend, receiver, instance, v2_runs):
-    sensor = trd.build_failed_run_sensor("failed_runs", storage_path=backend.storage_path,
+    sensor = trd.build_failed_run_sensor("failed_runs", storage_path=backend.storage_path, s3_key=backend.s3_key,
                                          include_v1=False)
     resources = backend.resources(trd.WebhookAlertSink(url=receiver.url))
     cursor = tick(sensor, instance, None, resources).cursor
@@ -211,7 +213,7 @@ def test_job_requests_one_retraining_run_per_failed_run(backend, receiver, insta
     def model() -> None: ...
 
     retrain = dg.define_asset_job("retrain", selection=[model])
-    sensor = trd.build_failed_run_sensor("failed_runs", storage_path=backend.storage_path, job=retrain)
+    sensor = trd.build_failed_run_sensor("failed_runs", storage_path=backend.storage_path, s3_key=backend.s3_key, job=retrain)
     resources = backend.resources(trd.WebhookAlertSink(url=receiver.url))
     first = tick(sensor, instance, None, resources)
     keys = sorted(r.run_key for r in first.run_requests)
@@ -225,7 +227,7 @@ def test_job_requests_one_retraining_run_per_failed_run(backend, receiver, insta
 
 
 def test_unreadable_run_is_retried_and_reported(backend, receiver, instance, v2_runs, tmp_path):
-    sensor = trd.build_failed_run_sensor("failed_runs", storage_path=backend.storage_path,
+    sensor = trd.build_failed_run_sensor("failed_runs", storage_path=backend.storage_path, s3_key=backend.s3_key,
                                          include_v1=False)
     resources = backend.resources(trd.WebhookAlertSink(url=receiver.url))
     cursor = tick(sensor, instance, None, resources).cursor
@@ -252,7 +254,7 @@ def test_unreadable_run_is_retried_and_reported(backend, receiver, instance, v2_
 
 
 def test_undeliverable_alert_is_resent_next_tick(backend, instance):
-    sensor = trd.build_failed_run_sensor("failed_runs", storage_path=backend.storage_path,
+    sensor = trd.build_failed_run_sensor("failed_runs", storage_path=backend.storage_path, s3_key=backend.s3_key,
                                          include_v1=False)
     down = AlertReceiver(statuses=[503] * 2)
     try:
@@ -270,7 +272,7 @@ def test_undeliverable_alert_is_resent_next_tick(backend, instance):
 
 
 def test_late_journal_entry_inside_the_overlap_window_is_found(backend, receiver, instance, v2_runs):
-    sensor = trd.build_failed_run_sensor("failed_runs", storage_path=backend.storage_path,
+    sensor = trd.build_failed_run_sensor("failed_runs", storage_path=backend.storage_path, s3_key=backend.s3_key,
                                          include_v1=False, overlap_seconds=600)
     resources = backend.resources(trd.WebhookAlertSink(url=receiver.url))
     add_failed_run(backend, v2_runs, "newest")
@@ -282,7 +284,7 @@ def test_late_journal_entry_inside_the_overlap_window_is_found(backend, receiver
 
 
 def test_new_v1_failure_is_found_and_only_it_is_read(backend, receiver, instance, v1_runs):
-    sensor = trd.build_failed_run_sensor("failed_runs", storage_path=backend.storage_path)
+    sensor = trd.build_failed_run_sensor("failed_runs", storage_path=backend.storage_path, s3_key=backend.s3_key)
     resources = backend.resources(trd.WebhookAlertSink(url=receiver.url))
     cursor = tick(sensor, instance, None, resources).cursor
     backend.put_dir(os.path.dirname(v1_runs["v1_failure"]), "v1_again")

@@ -18,7 +18,8 @@ from conftest import free_port
 from handoff_helpers import Receiver, make_registry
 
 import trainresults_dagster as trd
-from trainresults_dagster.http import (
+from trainresults_dagster.dagster.json_io_manager import JSON_IO_MANAGER_KEY, JsonIOManager
+from trainresults_dagster.webhook import (
     DELIVERY_HEADER,
     SIGNATURE_HEADER,
     encode_json,
@@ -27,7 +28,6 @@ from trainresults_dagster.http import (
     sign_body,
     verify_signature,
 )
-from trainresults_dagster.json_io_manager import JSON_IO_MANAGER_KEY, JsonIOManager
 
 SECRET = "hmac-secret-7c1e"
 APP_DIR = Path(__file__).parent / "serve_app"

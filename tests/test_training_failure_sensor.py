@@ -13,7 +13,8 @@ import pytest
 from alert_receiver import AlertReceiver
 
 import trainresults_dagster as trd
-from trainresults_dagster.training_context import METADATA_PREFIX, training_context
+from trainresults_dagster.dagster.metadata import METADATA_PREFIX
+from trainresults_dagster.runs.result import training_context
 
 BASE_URL = "http://dagster.example:3000"
 

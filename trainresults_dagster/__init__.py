@@ -1,79 +1,95 @@
 """trainresults_dagster: Dagster assets for Ray Train results.
 
-``import trainresults_dagster as trd`` imports no ray: Dagster reloads code locations
-often. Parts that need ray import it inside the function that needs it.
+The facade: every public name is importable from here (``import trainresults_dagster as
+trd``). The tree behind it is the architecture:
+
+* ``runs/``, ``registry/``, ``handoff/``, ``alerts/``, ``storage``, ``webhook``, ``errors``:
+  the core. No Dagster, no ray; the CLI and plain scripts use it directly.
+* ``dagster/``: the thin Dagster shell (IO managers, resources, asset factories, checks,
+  sensors, schedules), the only part that imports dagster or dagster-aws.
+* ``ray/``: what needs ray (``RunRecorder``).
+
+``import trainresults_dagster`` imports no ray and no dagster: Dagster reloads code
+locations often, and the Ray Train controller imports this package (``RunRecorder``)
+without Dagster. The shell's names load on first use.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .checkpoint import Checkpoint
-from .errors import (
+from trainresults_dagster._version import __version__
+from trainresults_dagster.errors import (
+    BatchInferenceError,
     CheckpointMissingError,
+    CorruptDataError,
+    CorruptOutputError,
     CorruptRegistryError,
     CorruptRunError,
+    CorruptValueError,
+    InferenceInputError,
     NoEligibleCheckpointError,
     NoSnapshotError,
     NotARunDirectoryError,
+    OutputInUseError,
+    OutputNotCommittedError,
+    PredictorError,
     PromotionConflict,
     RunNotFoundError,
+    ServingTargetError,
     StorageError,
     TrainResultsError,
     UnsafePathError,
     VersionNotFoundError,
+    WebhookError,
 )
-from .fit import fit
-from .model_version import AliasEvent, ModelVersion
-from .result import TrainResult
-from .selection import select_best_checkpoint
-from .training_error import TrainingError
+from trainresults_dagster.registry.model_version import AliasEvent, ModelVersion
+from trainresults_dagster.runs.checkpoint import Checkpoint
+from trainresults_dagster.runs.failure import TrainingError
+from trainresults_dagster.runs.fit import fit
+from trainresults_dagster.runs.result import TrainResult
+from trainresults_dagster.runs.selection import select_best_checkpoint
+from trainresults_dagster.storage import S3Settings
 
 if TYPE_CHECKING:
-    from .alert_sinks import WebhookAlertSink
-    from .handoff_assets import build_batch_inference_asset, build_serving_asset
-    from .inference import (
-        BatchInferenceError,
-        InferenceInputError,
-        PredictorError,
-        run_batch_inference,
+    from trainresults_dagster.dagster.best_checkpoint import build_best_checkpoint_asset
+    from trainresults_dagster.dagster.handoff import (
+        build_batch_inference_asset,
+        build_serving_asset,
     )
-    from .io_manager import RayTrainResultIOManager
-    from .json_io_manager import JSON_IO_MANAGER_KEY, JsonIOManager
-    from .parquet_output import OutputNotCommittedError, open_inference_output
-    from .promotion import build_best_checkpoint_asset, build_promotion_asset
-    from .registry_resource import CheckpointRegistry
-    from .schedules import build_retraining_schedule
-    from .sensors import build_failed_run_sensor, build_training_failure_sensor
-    from .serving import RayServeTarget, ServingTargetError, WebhookTarget
+    from trainresults_dagster.dagster.io_manager import RayTrainResultIOManager
+    from trainresults_dagster.dagster.json_io_manager import JSON_IO_MANAGER_KEY, JsonIOManager
+    from trainresults_dagster.dagster.promotion import build_promotion_asset
+    from trainresults_dagster.dagster.ray_serve import RayServeTarget
+    from trainresults_dagster.dagster.registry import CheckpointRegistry
+    from trainresults_dagster.dagster.schedules import build_retraining_schedule
+    from trainresults_dagster.dagster.sensors import (
+        build_failed_run_sensor,
+        build_training_failure_sensor,
+    )
+    from trainresults_dagster.dagster.webhooks import WebhookAlertSink, WebhookTarget
+    from trainresults_dagster.handoff.inference import run_batch_inference
+    from trainresults_dagster.handoff.output import open_inference_output
 
-__version__ = "0.1.0"
-
-#: Dagster-shell names, imported on first use: dagster + dagster-aws take seconds to
-#: import, and the Ray Train controller imports this package (RunRecorder) without them.
+#: Names imported on first use: dagster + dagster-aws take seconds to import, and batch
+#: inference needs pyarrow.dataset, which pulls in pandas (~0.75 s).
 _LAZY = {
-    # pyarrow.dataset pulls in pandas (~0.75 s): only batch inference needs it.
-    "run_batch_inference": ".inference",
-    "BatchInferenceError": ".inference",
-    "InferenceInputError": ".inference",
-    "PredictorError": ".inference",
-    "OutputNotCommittedError": ".parquet_output",
-    "open_inference_output": ".parquet_output",
-    "CheckpointRegistry": ".registry_resource",
-    "JSON_IO_MANAGER_KEY": ".json_io_manager",
-    "JsonIOManager": ".json_io_manager",
-    "build_best_checkpoint_asset": ".promotion",
-    "build_promotion_asset": ".promotion",
-    "RayTrainResultIOManager": ".io_manager",
-    "build_batch_inference_asset": ".handoff_assets",
-    "build_serving_asset": ".handoff_assets",
-    "RayServeTarget": ".serving",
-    "ServingTargetError": ".serving",
-    "WebhookTarget": ".serving",
-    "WebhookAlertSink": ".alert_sinks",
-    "build_failed_run_sensor": ".sensors",
-    "build_training_failure_sensor": ".sensors",
-    "build_retraining_schedule": ".schedules",
+    "run_batch_inference": "trainresults_dagster.handoff.inference",
+    "open_inference_output": "trainresults_dagster.handoff.output",
+    "CheckpointRegistry": "trainresults_dagster.dagster.registry",
+    "JSON_IO_MANAGER_KEY": "trainresults_dagster.dagster.json_io_manager",
+    "JsonIOManager": "trainresults_dagster.dagster.json_io_manager",
+    "build_best_checkpoint_asset": "trainresults_dagster.dagster.best_checkpoint",
+    "build_promotion_asset": "trainresults_dagster.dagster.promotion",
+    "RayTrainResultIOManager": "trainresults_dagster.dagster.io_manager",
+    "build_batch_inference_asset": "trainresults_dagster.dagster.handoff",
+    "build_serving_asset": "trainresults_dagster.dagster.handoff",
+    "RayServeTarget": "trainresults_dagster.dagster.ray_serve",
+    "WebhookTarget": "trainresults_dagster.dagster.webhooks",
+    "WebhookAlertSink": "trainresults_dagster.dagster.webhooks",
+    "build_failed_run_sensor": "trainresults_dagster.dagster.sensors",
+    "build_training_failure_sensor": "trainresults_dagster.dagster.sensors",
+    "build_retraining_schedule": "trainresults_dagster.dagster.schedules",
 }
 
 
@@ -83,7 +99,7 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     import importlib
 
-    value = getattr(importlib.import_module(module, __name__), name)
+    value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
 
@@ -93,26 +109,31 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "ModelVersion",
-    "JsonIOManager",
-    "CorruptRegistryError",
-    "CheckpointRegistry",
     "AliasEvent",
-    "JSON_IO_MANAGER_KEY",
     "BatchInferenceError",
     "Checkpoint",
     "CheckpointMissingError",
+    "CheckpointRegistry",
+    "CorruptDataError",
+    "CorruptOutputError",
+    "CorruptRegistryError",
     "CorruptRunError",
+    "CorruptValueError",
     "InferenceInputError",
+    "JSON_IO_MANAGER_KEY",
+    "JsonIOManager",
+    "ModelVersion",
     "NoEligibleCheckpointError",
     "NoSnapshotError",
     "NotARunDirectoryError",
+    "OutputInUseError",
     "OutputNotCommittedError",
     "PredictorError",
     "PromotionConflict",
     "RayServeTarget",
     "RayTrainResultIOManager",
     "RunNotFoundError",
+    "S3Settings",
     "ServingTargetError",
     "StorageError",
     "TrainResult",
@@ -120,15 +141,17 @@ __all__ = [
     "TrainingError",
     "UnsafePathError",
     "VersionNotFoundError",
-    "WebhookTarget",
     "WebhookAlertSink",
-    "build_failed_run_sensor",
-    "build_training_failure_sensor",
-    "build_retraining_schedule",
+    "WebhookError",
+    "WebhookTarget",
+    "__version__",
     "build_batch_inference_asset",
     "build_best_checkpoint_asset",
+    "build_failed_run_sensor",
     "build_promotion_asset",
+    "build_retraining_schedule",
     "build_serving_asset",
+    "build_training_failure_sensor",
     "fit",
     "open_inference_output",
     "run_batch_inference",

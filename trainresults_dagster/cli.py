@@ -15,20 +15,21 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from typing import Any
+
+from trainresults_dagster.runs.metrics import flatten_metrics
 
 EXIT_OK, EXIT_USAGE, EXIT_INPUT, EXIT_NONE_ELIGIBLE, EXIT_CONFLICT = 0, 2, 3, 4, 5
 
 
 def _filesystem(uri: str) -> Any:
-    from . import storage
+    """The S3 filesystem for ``s3://`` URIs (the default AWS chain and environment, the same
+    settings as every other component), else None (resolved from the path)."""
+    import trainresults_dagster.storage as storage
 
-    scheme, _ = storage.split_scheme(uri)
-    if scheme == "s3":
-        return storage.s3_filesystem(endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3")
-                                     or os.environ.get("AWS_ENDPOINT_URL"))
+    if storage.split_scheme(uri)[0] == "s3":
+        return storage.S3Settings().filesystem()
     return None
 
 
@@ -49,18 +50,8 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(out)
 
 
-def _flat(metrics: dict[str, Any] | None, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in (metrics or {}).items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}/"))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .result import TrainResult
+    from .runs.result import TrainResult
 
     result = TrainResult.from_path(args.uri, _filesystem(args.uri), missing_checkpoints="drop")
     if args.json:
@@ -77,10 +68,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(f"missing    {', '.join(result.missing_checkpoints)} (named by the snapshot, gone)")
     pairs = list(result.checkpoints_with_metrics())
     if pairs:
-        keys = sorted({k for _, m in pairs for k, v in _flat(m).items()
+        keys = sorted({k for _, m in pairs for k, v in flatten_metrics(m).items()
                        if isinstance(v, int | float) and not isinstance(v, bool)})[:6]
         latest = result.checkpoint.name if result.checkpoint else None
-        rows = [[c.name + (" *" if c.name == latest else "")] + [_flat(m).get(k, "") for k in keys]
+        rows = [[c.name + (" *" if c.name == latest else "")] + [flatten_metrics(m).get(k, "") for k in keys]
                 for c, m in pairs]
         print()
         print(_table(["checkpoint (* latest)"] + keys, rows))
@@ -93,8 +84,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_best(args: argparse.Namespace) -> int:
-    from .result import TrainResult
-    from .selection import select_best_checkpoint
+    from .runs.result import TrainResult
+    from .runs.selection import select_best_checkpoint
 
     result = TrainResult.from_path(args.uri, _filesystem(args.uri), missing_checkpoints="drop")
     ckpt, metrics = select_best_checkpoint(result, args.metric, args.mode, ties=args.ties)
@@ -106,7 +97,7 @@ def cmd_best(args: argparse.Namespace) -> int:
 
 
 def _registry(args: argparse.Namespace) -> Any:
-    from .registry import Registry
+    from .registry.registry import Registry
 
     fs = _filesystem(args.base)
     return Registry.open(args.base, fs)
@@ -155,7 +146,7 @@ def cmd_registry(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trainresults", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="trainresults", description=(__doc__ or "").split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("inspect", help="summary of a run: metrics, checkpoints, error")

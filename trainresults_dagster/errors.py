@@ -1,8 +1,10 @@
-"""Typed errors. Each names what was expected, what arrived, and where.
+"""Every error trainresults_dagster raises on purpose, grouped by concept.
 
-They subclass the builtin a caller would naturally catch (``ValueError``,
-``FileNotFoundError``, ``RuntimeError``) so code written against Ray's own errors
-keeps working.
+Each message names what was expected, what arrived, and where. Each error also subclasses
+the builtin a caller would naturally catch (``ValueError``, ``FileNotFoundError``,
+``RuntimeError``), so code written against Ray's own errors keeps working: Ray's
+``Result.from_path`` raises ``RuntimeError`` for a missing run folder or one without a
+snapshot, and so ``except RuntimeError:`` catches ours too.
 """
 
 from __future__ import annotations
@@ -12,7 +14,29 @@ class TrainResultsError(Exception):
     """Base class of every error raised on purpose by trainresults_dagster."""
 
 
-class NotARunDirectoryError(TrainResultsError, ValueError):
+class CorruptDataError(TrainResultsError, ValueError):
+    """A file we read exists but cannot be parsed (torn, not JSON, wrong shape, unsafe name)."""
+
+
+# ------------------------------------------------------------------ storage
+class StorageError(TrainResultsError, OSError):
+    """A storage request kept failing after bounded retries."""
+
+
+class ShortReadError(OSError):
+    """Fewer bytes arrived than the object holds (a transient fault; storage retries it)."""
+
+
+class UnsafePathError(TrainResultsError, ValueError):
+    """A name read from storage or given by a user would escape its folder."""
+
+
+# ------------------------------------------------------------------ runs
+class RunNotFoundError(TrainResultsError, FileNotFoundError, RuntimeError):
+    """Nothing exists at the given run path (Ray raises ``RuntimeError`` here)."""
+
+
+class NotARunDirectoryError(TrainResultsError, ValueError, RuntimeError):
     """The path exists but holds no Ray Train run (V2 run directory or V1 trial directory)."""
 
 
@@ -20,37 +44,70 @@ class NoSnapshotError(NotARunDirectoryError):
     """A V2 run directory without ``checkpoint_manager_snapshot.json``: nothing persisted yet."""
 
 
-class RunNotFoundError(TrainResultsError, FileNotFoundError):
-    """Nothing exists at the given run path."""
-
-
-class CorruptRunError(TrainResultsError, ValueError):
-    """A run file exists but cannot be parsed (torn, truncated, not JSON, wrong shape)."""
+class CorruptRunError(CorruptDataError):
+    """A run file or a stored result exists but cannot be parsed."""
 
 
 class CheckpointMissingError(TrainResultsError, FileNotFoundError):
-    """A checkpoint named by the run's snapshot is gone from storage."""
-
-
-class UnsafePathError(TrainResultsError, ValueError):
-    """A name read from storage or given by a user would escape its folder."""
+    """A checkpoint named by the run's snapshot (or a manifest) is gone from storage."""
 
 
 class NoEligibleCheckpointError(TrainResultsError, ValueError):
     """No checkpoint has a finite numeric value for the requested metric."""
 
 
+class CorruptValueError(CorruptDataError):
+    """A small value stored by ``JsonIOManager`` cannot be parsed."""
+
+
+# ------------------------------------------------------------------ registry
 class PromotionConflict(TrainResultsError, RuntimeError):
     """The alias moved between reading it and writing it (compare-and-set lost)."""
-
-
-class StorageError(TrainResultsError, OSError):
-    """A storage request kept failing after bounded retries."""
 
 
 class VersionNotFoundError(TrainResultsError, LookupError):
     """The registry has no such model, version or alias (or nothing to roll back to)."""
 
 
-class CorruptRegistryError(TrainResultsError, ValueError):
+class CorruptRegistryError(CorruptDataError):
     """A registry record exists but cannot be parsed (not JSON, wrong shape, unsafe path)."""
+
+
+# ------------------------------------------------------------------ hand-off
+class InferenceInputError(TrainResultsError, ValueError):
+    """The input is missing, empty or not Parquet. Nothing was written."""
+
+
+class BatchInferenceError(TrainResultsError, RuntimeError):
+    """A batch-inference run failed after its input was accepted. Nothing was committed."""
+
+
+class PredictorError(BatchInferenceError):
+    """The predictor failed to load, raised, or returned the wrong shape for a batch."""
+
+
+class OutputNotCommittedError(TrainResultsError, FileNotFoundError):
+    """The output folder has no ``_SUCCESS``: missing, still being written, or not ours."""
+
+
+class OutputInUseError(TrainResultsError, ValueError):
+    """The output location holds data that batch inference did not write; it is left alone."""
+
+
+class CorruptOutputError(CorruptDataError):
+    """A committed batch-inference output whose manifest cannot be parsed."""
+
+
+class ServingTargetError(TrainResultsError, RuntimeError):
+    """The serving side refused or failed the hand-off; the message says where and why."""
+
+
+# ------------------------------------------------------------------ webhooks
+class WebhookError(TrainResultsError, RuntimeError):
+    """A POST failed: a non-2xx answer after retries, or the receiver stayed unreachable."""
+
+    def __init__(self, message: str, *, status: int | None, body_excerpt: str, url: str):
+        super().__init__(message)
+        self.status = status
+        self.body_excerpt = body_excerpt
+        self.url = url

@@ -1,39 +1,50 @@
-"""Storage primitives over pyarrow filesystems (local disk and S3).
+"""Storage primitives over pyarrow filesystems (local disk and S3): no Dagster, no ray.
 
 Everything that touches storage goes through here, so retries, atomic writes, URI
-handling and path safety are decided once:
+handling, path safety, the JSON policy and time formats are decided once:
 
 * ``resolve(path_or_uri, filesystem)`` -> ``(filesystem, path)`` with the scheme stripped,
   the way Ray stores ``Result.path``; ``to_uri(filesystem, path)`` gives it back.
-* ``s3_filesystem(...)`` builds a ``pyarrow.fs.S3FileSystem`` from a dagster-aws
-  ``S3Resource`` (endpoint, region, credentials) without writing credentials anywhere.
+* ``S3Settings``: the one S3 configuration (endpoint, region, credentials); it builds the
+  pyarrow filesystem and the boto3 client from the same values, never writing credentials.
+* ``json_value``/``dumps`` (one JSON policy), ``stamp``/``iso`` (one time format for names
+  and one for records), ``read_json_object`` (read JSON or raise a typed error),
+  ``list_keys`` (paged S3 listing).
 * ``call(...)`` wraps a storage request in a bounded retry: pyarrow's own S3 retry does not
   cover every transient error (a ``503 SlowDown`` on a small object fails at once with
-  "Failed to flush response stream"), see DESIGN.md.
+  "Failed to flush response stream"), so every request gets a bounded retry of its own.
 * ``write_bytes_atomic`` is write-then-rename on local disk and a single PUT on S3, so a
   concurrent reader sees the old object or the new one, never a torn one.
 """
 
 from __future__ import annotations
 
+import calendar
 import concurrent.futures
+import dataclasses
+import datetime as dt
 import json
+import math
 import os
 import posixpath
 import random
+import re
 import shutil
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, TypeVar
 
 import pyarrow.fs as pafs
 
-from .errors import RunNotFoundError, StorageError, UnsafePathError
-from .http import json_safe
-
-if TYPE_CHECKING:
-    from dagster_aws.s3 import S3Resource
+from .errors import (
+    CorruptDataError,
+    RunNotFoundError,
+    ShortReadError,
+    StorageError,
+    UnsafePathError,
+)
 
 T = TypeVar("T")
 
@@ -154,6 +165,20 @@ def resolve(
     return fs, path.rstrip("/")
 
 
+def resolve_matching(
+    uri: str, filesystem: pafs.FileSystem | None
+) -> tuple[pafs.FileSystem, str]:
+    """``resolve`` that uses ``filesystem`` only for URIs of its own kind.
+
+    A local input next to an ``s3://`` output must not be looked up in the bucket: an
+    explicit scheme that does not match the filesystem resolves on its own.
+    """
+    scheme, _ = split_scheme(uri)
+    if filesystem is None or (scheme and scheme not in ("file", scheme_of(filesystem))):
+        return resolve(uri)
+    return resolve(uri, filesystem)
+
+
 def scheme_of(filesystem: pafs.FileSystem) -> str:
     name = filesystem.type_name
     if name == "local":
@@ -171,8 +196,8 @@ def to_uri(filesystem: pafs.FileSystem, path: str) -> str:
     return f"{scheme}://{path.lstrip('/')}"
 
 
-def safe_child(base: str, name: Any, *, what: str, where: str) -> str:
-    """``base/name`` for a single path component read from storage or given by a user.
+def safe_name(name: Any, *, what: str, where: str) -> str:
+    """``name`` if it is a single path component, read from storage or given by a user.
 
     Rejects absolute names, ``..``, separators and empty names: a snapshot or manifest that
     says ``"../../etc"`` must not make us read or delete outside the run.
@@ -183,7 +208,102 @@ def safe_child(base: str, name: Any, *, what: str, where: str) -> str:
         raise UnsafePathError(
             f"{what} must be a single folder name without separators, got {name!r} in {where}"
         )
-    return posixpath.join(base, name)
+    return name
+
+
+def safe_child(base: str, name: Any, *, what: str, where: str) -> str:
+    """``base/name`` for a single path component (``safe_name``)."""
+    return posixpath.join(base, safe_name(name, what=what, where=where))
+
+
+# --------------------------------------------------------------------------------------
+# JSON and time: one policy each
+# --------------------------------------------------------------------------------------
+
+NanPolicy = str  # "null" | "keep" | "text"
+
+
+def json_value(obj: Any, *, nan: NanPolicy = "null") -> Any:
+    """``obj`` as plain JSON types: the one JSON policy of the library.
+
+    Mapping keys become ``str``, tuples and sets lists, numpy scalars Python numbers, and
+    anything else its ``str``. Non-finite floats follow ``nan``:
+
+    * ``"null"`` (default): ``None``. Strict JSON, for what others parse: webhook bodies,
+      Dagster metadata (JSON metadata must be valid JSON), registry records.
+    * ``"keep"``: stay floats (written as ``NaN``/``Infinity``, as Ray writes its own
+      snapshot), for our run records and manifests, so a NaN loss loads back as NaN.
+    * ``"text"``: ``"NaN"``/``"Infinity"``/``"-Infinity"``, for alerts, where a reader must
+      see that the loss was NaN rather than missing.
+    """
+    if obj is None or isinstance(obj, bool | int | str):
+        return obj
+    if isinstance(obj, float):
+        if math.isfinite(obj) or nan == "keep":
+            return obj
+        if nan == "text":
+            return "NaN" if obj != obj else ("Infinity" if obj > 0 else "-Infinity")
+        return None
+    if isinstance(obj, Mapping):
+        return {str(k): json_value(v, nan=nan) for k, v in obj.items()}
+    if isinstance(obj, list | tuple | set | frozenset):
+        return [json_value(v, nan=nan) for v in obj]
+    item = getattr(obj, "item", None)  # numpy scalars
+    if callable(item) and not isinstance(obj, bytes):
+        try:
+            value = item()
+        except (TypeError, ValueError):
+            value = None
+        if isinstance(value, bool | int | float | str):
+            return json_value(value, nan=nan)
+    if isinstance(obj, dt.datetime):
+        return obj.isoformat()
+    return str(obj)
+
+
+def dumps(obj: Any, *, nan: NanPolicy = "null", compact: bool = False) -> bytes:
+    """Stable JSON bytes for files and bodies we write: sorted keys, ``json_value`` policy."""
+    value = json_value(obj, nan=nan)
+    if compact:
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=nan == "keep")
+    else:
+        text = json.dumps(value, sort_keys=True, indent=1, allow_nan=nan == "keep")
+    return text.encode("utf-8")
+
+
+def stamp(when: float | None = None) -> str:
+    """``20261128T173501.123456Z``: UTC, microseconds, sortable, safe in a file or key name.
+
+    The one format of every time inside a name (failure journal keys, stored result versions,
+    registry data folders): lexicographic order is time order.
+    """
+    when = time.time() if when is None else when
+    whole = math.floor(when)
+    micros = min(999_999, int(round((when - whole) * 1e6)))
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(whole)) + f".{micros:06d}Z"
+
+
+_STAMP_RE = re.compile(r"(\d{8}T\d{6})\.(\d{6})Z")
+
+
+def parse_stamp(text: str) -> float | None:
+    """The time of a ``stamp`` at the start of ``text``, or None when it has none."""
+    match = _STAMP_RE.match(text)
+    if match is None:
+        return None
+    try:
+        whole = calendar.timegm(time.strptime(match.group(1), "%Y%m%dT%H%M%S"))
+    except ValueError:
+        return None
+    return whole + int(match.group(2)) / 1e6
+
+
+def iso(when: float | dt.datetime | None = None) -> str:
+    """``2026-11-28T17:35:01.123456+00:00``: the one format of every time inside a record."""
+    if isinstance(when, dt.datetime):
+        moment = when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+        return moment.astimezone(dt.UTC).isoformat()
+    return dt.datetime.fromtimestamp(time.time() if when is None else when, dt.UTC).isoformat()
 
 
 # --------------------------------------------------------------------------------------
@@ -191,72 +311,190 @@ def safe_child(base: str, name: Any, *, what: str, where: str) -> str:
 # --------------------------------------------------------------------------------------
 
 
-def s3_filesystem(
-    s3: S3Resource | None = None,
-    *,
-    endpoint_url: str | None = None,
-    region_name: str | None = None,
-    aws_access_key_id: str | None = None,
-    aws_secret_access_key: str | None = None,
-    aws_session_token: str | None = None,
-    max_attempts: int = 5,
-) -> pafs.S3FileSystem:
-    """A ``pyarrow.fs.S3FileSystem`` configured like a dagster-aws ``S3Resource``.
+def _env_endpoint() -> str | None:
+    # boto3 reads these itself; pyarrow's C++ client does not, so both get it from here.
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
-    Explicit keyword arguments win over the resource's fields. With no credentials given,
-    pyarrow uses the default AWS chain (environment, profile, instance role), as boto3 does.
-    A ``profile_name`` on the resource is resolved through boto3 once, here.
+
+@dataclasses.dataclass(frozen=True)
+class S3Settings:
+    """How to reach S3: the one S3 configuration every part of the library uses.
+
+    ``S3Settings()`` is the default AWS chain (environment variables, profile, instance
+    role), with the endpoint from ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL`` as boto3
+    reads it. The Dagster shell converts a dagster-aws ``S3Resource`` into one in a single
+    place. The pyarrow filesystem (data) and the boto3 client (conditional writes, paged
+    listings) are built from the same settings, so they always reach the same endpoint with
+    the same credentials. Credentials are never part of ``repr`` and never written anywhere.
     """
-    if s3 is not None:
-        endpoint_url = endpoint_url or s3.endpoint_url
-        region_name = region_name or s3.region_name
-        aws_access_key_id = aws_access_key_id or s3.aws_access_key_id
-        aws_secret_access_key = aws_secret_access_key or s3.aws_secret_access_key
-        aws_session_token = aws_session_token or s3.aws_session_token
-        max_attempts = s3.max_attempts or max_attempts
-        if not aws_access_key_id and s3.profile_name:
-            import boto3
 
-            creds = boto3.Session(profile_name=s3.profile_name).get_credentials()
-            if creds is not None:
-                frozen = creds.get_frozen_credentials()
-                aws_access_key_id, aws_secret_access_key = frozen.access_key, frozen.secret_key
-                aws_session_token = frozen.token
-    kwargs: dict[str, Any] = {
-        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=max_attempts),
-        "connect_timeout": 10,
-        "request_timeout": 60,
-        # Small objects (records, manifests, pointers) go up as one PutObject instead of a
-        # three-request multipart upload; either way the object appears only when complete.
-        "allow_delayed_open": True,
-    }
-    if s3 is not None and s3.use_unsigned_session:
-        kwargs["anonymous"] = True
-    if endpoint_url:
-        scheme, rest = split_scheme(endpoint_url)
-        kwargs["endpoint_override"] = rest.rstrip("/") if scheme else endpoint_url
-        kwargs["scheme"] = scheme or "https"
-    if s3 is not None and s3.use_ssl is False:
-        kwargs["scheme"] = "http"
-    kwargs["region"] = region_name or os.environ.get("AWS_REGION") or os.environ.get(
-        "AWS_DEFAULT_REGION", "us-east-1"
-    )
-    if aws_access_key_id:
-        kwargs["access_key"] = aws_access_key_id
-        kwargs["secret_key"] = aws_secret_access_key
-        if aws_session_token:
-            kwargs["session_token"] = aws_session_token
-    return pafs.S3FileSystem(**kwargs)
+    endpoint_url: str | None = None
+    region_name: str | None = None
+    aws_access_key_id: str | None = dataclasses.field(default=None, repr=False)
+    aws_secret_access_key: str | None = dataclasses.field(default=None, repr=False)
+    aws_session_token: str | None = dataclasses.field(default=None, repr=False)
+    profile_name: str | None = None
+    use_ssl: bool = True
+    verify: bool | str | None = None
+    anonymous: bool = False
+    max_attempts: int = 5
+
+    @classmethod
+    def from_filesystem(cls, fs: pafs.S3FileSystem) -> S3Settings:
+        """The settings of a ready ``pyarrow.fs.S3FileSystem`` (endpoint, region, keys), so a
+        client built from them talks to the same store as the filesystem."""
+        _, (kwargs,) = fs.__reduce__()
+        endpoint = kwargs.get("endpoint_override") or None
+        scheme = kwargs.get("scheme") or "https"
+        if endpoint and "://" not in endpoint:
+            endpoint = f"{scheme}://{endpoint}"
+        return cls(
+            endpoint_url=endpoint,
+            region_name=kwargs.get("region") or None,
+            aws_access_key_id=kwargs.get("access_key") or None,
+            aws_secret_access_key=kwargs.get("secret_key") or None,
+            aws_session_token=kwargs.get("session_token") or None,
+            use_ssl=scheme != "http",
+            anonymous=bool(kwargs.get("anonymous")),
+        )
+
+    def _endpoint(self) -> str | None:
+        return self.endpoint_url or _env_endpoint()
+
+    def _region(self) -> str:
+        return self.region_name or os.environ.get("AWS_REGION") or os.environ.get(
+            "AWS_DEFAULT_REGION", "us-east-1"
+        )
+
+    def _credentials(self) -> tuple[str | None, str | None, str | None]:
+        if self.aws_access_key_id or not self.profile_name:
+            return self.aws_access_key_id, self.aws_secret_access_key, self.aws_session_token
+        import boto3  # a named profile is resolved through boto3 once, here
+
+        creds = boto3.Session(profile_name=self.profile_name).get_credentials()
+        if creds is None:
+            return None, None, None
+        frozen = creds.get_frozen_credentials()
+        return frozen.access_key, frozen.secret_key, frozen.token
+
+    def filesystem(self) -> pafs.S3FileSystem:
+        """A ``pyarrow.fs.S3FileSystem`` for these settings (cached per settings)."""
+        return _cached(("fs", self), self._build_filesystem)
+
+    def client(self) -> Any:
+        """A boto3 S3 client for these settings (cached: building one takes ~0.4 s)."""
+        return _cached(("client", self), self._build_client)
+
+    def _build_filesystem(self) -> pafs.S3FileSystem:
+        kwargs: dict[str, Any] = {
+            "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=self.max_attempts),
+            "connect_timeout": 10,
+            "request_timeout": 60,
+            # Small objects (records, manifests, pointers) go up as one PutObject instead of
+            # a three-request multipart upload; either way an object appears only when whole.
+            "allow_delayed_open": True,
+            "region": self._region(),
+        }
+        if self.anonymous:
+            kwargs["anonymous"] = True
+        endpoint = self._endpoint()
+        if endpoint:
+            scheme, rest = split_scheme(endpoint)
+            kwargs["endpoint_override"] = rest.rstrip("/") if scheme else endpoint
+            kwargs["scheme"] = scheme or "https"
+        if not self.use_ssl:
+            kwargs["scheme"] = "http"
+        key, secret, token = self._credentials()
+        if key:
+            kwargs["access_key"] = key
+            kwargs["secret_key"] = secret
+            if token:
+                kwargs["session_token"] = token
+        return pafs.S3FileSystem(**kwargs)
+
+    def _build_client(self) -> Any:
+        import boto3
+        from botocore import UNSIGNED
+        from botocore.config import Config
+
+        config = Config(
+            retries={"max_attempts": self.max_attempts, "mode": "standard"},
+            signature_version=UNSIGNED if self.anonymous else None,
+        )
+        session = boto3.Session(profile_name=self.profile_name) if (
+            self.profile_name and not self.aws_access_key_id
+        ) else boto3.Session()
+        return session.client(
+            "s3",
+            endpoint_url=self._endpoint(),
+            region_name=self._region(),
+            use_ssl=self.use_ssl,
+            verify=self.verify,
+            aws_access_key_id=self.aws_access_key_id,
+            aws_secret_access_key=self.aws_secret_access_key,
+            aws_session_token=self.aws_session_token,
+            config=config,
+        )
+
+
+_HANDLES: dict[tuple[str, S3Settings], Any] = {}
+_HANDLES_LOCK = threading.Lock()
+_MAX_HANDLES = 16
+
+
+def _cached(key: tuple[str, S3Settings], build: Callable[[], T]) -> T:
+    """One filesystem and one client per settings in a process: the Dagster daemon evaluates
+    every sensor tick in the same code server, and clients are slow to build."""
+    with _HANDLES_LOCK:
+        if key in _HANDLES:
+            return _HANDLES[key]
+    value = build()
+    with _HANDLES_LOCK:
+        if len(_HANDLES) >= _MAX_HANDLES:
+            _HANDLES.pop(next(iter(_HANDLES)))
+        _HANDLES.setdefault(key, value)
+        return _HANDLES[key]
+
+
+def s3_settings_of(s3: S3Settings | pafs.FileSystem | None) -> S3Settings:
+    """``s3`` as settings: given settings, the settings of an S3 filesystem, or the default."""
+    if isinstance(s3, S3Settings):
+        return s3
+    if isinstance(s3, pafs.S3FileSystem):
+        return S3Settings.from_filesystem(s3)
+    if s3 is None or isinstance(s3, pafs.FileSystem):
+        return S3Settings()
+    raise TypeError(f"expected S3Settings or a pyarrow S3FileSystem, got {type(s3).__name__}")
 
 
 def filesystem_for(
-    path_or_uri: str, s3: S3Resource | None = None
+    path_or_uri: str | os.PathLike[str], s3: S3Settings | None = None
 ) -> tuple[pafs.FileSystem, str]:
-    """Resolve a location, building the S3 filesystem from ``s3`` for ``s3://`` URIs."""
-    scheme, _ = split_scheme(str(path_or_uri))
-    if scheme == "s3" and s3 is not None:
-        return resolve(path_or_uri, s3_filesystem(s3))
+    """Resolve a location; ``s3://`` URIs use ``s3`` (default: the AWS chain and environment)."""
+    scheme, _ = split_scheme(os.fspath(path_or_uri))
+    if scheme == "s3":
+        return resolve(path_or_uri, (s3 or S3Settings()).filesystem())
     return resolve(path_or_uri)
+
+
+def list_keys(
+    client: Any,
+    bucket: str,
+    prefix: str,
+    *,
+    start_after: str | None = None,
+    delimiter: str | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Every object under ``prefix`` (``list_objects_v2`` pages), in key order, after
+    ``start_after`` (what a sensor needs to list only what is new); with ``delimiter``
+    only the objects directly under ``prefix``."""
+    kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+    if start_after:
+        kwargs["StartAfter"] = start_after
+    if delimiter:
+        kwargs["Delimiter"] = delimiter
+    for page in client.get_paginator("list_objects_v2").paginate(**kwargs):
+        yield from page.get("Contents", [])
 
 
 # --------------------------------------------------------------------------------------
@@ -274,10 +512,6 @@ def exists(fs: pafs.FileSystem, path: str) -> bool:
 
 def is_dir(fs: pafs.FileSystem, path: str) -> bool:
     return file_info(fs, path).type == pafs.FileType.Directory
-
-
-class ShortReadError(OSError):
-    """Fewer bytes arrived than the object holds (a transient fault; retried)."""
 
 
 def _read_verified(fs: pafs.FileSystem, path: str) -> bytes:
@@ -307,6 +541,30 @@ def read_json(fs: pafs.FileSystem, path: str) -> Any:
     return json.loads(read_bytes(fs, path).decode("utf-8"))
 
 
+def read_json_object(
+    fs: pafs.FileSystem,
+    path: str,
+    *,
+    error: type[CorruptDataError] = CorruptDataError,
+    what: str = "a JSON object",
+) -> dict[str, Any] | None:
+    """A JSON object file, or None when the file does not exist.
+
+    Anything else (not UTF-8, not JSON, not an object) raises ``error`` naming the location
+    and what was expected: the one "read JSON or say what is wrong" of the library.
+    """
+    where = to_uri(fs, path)
+    try:
+        data = read_json(fs, path)
+    except FileNotFoundError:
+        return None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise error(f"expected {what} (JSON) in {where}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise error(f"expected {what} (a JSON object) in {where}, got {type(data).__name__}")
+    return data
+
+
 def list_dir(fs: pafs.FileSystem, path: str, *, recursive: bool = False) -> list[pafs.FileInfo]:
     selector = pafs.FileSelector(path, allow_not_found=True, recursive=recursive)
     return call(lambda: fs.get_file_info(selector), what="list", where=to_uri(fs, path))
@@ -325,11 +583,6 @@ def require_dir(fs: pafs.FileSystem, path: str, *, what: str) -> None:
 # --------------------------------------------------------------------------------------
 # Writes
 # --------------------------------------------------------------------------------------
-
-
-def dumps(obj: Any) -> bytes:
-    """Stable JSON for files we write: sorted keys, no NaN literals (they become null)."""
-    return json.dumps(json_safe(obj), sort_keys=True, indent=1, default=str).encode("utf-8")
 
 
 def fsync_path(path: str) -> None:
@@ -370,8 +623,10 @@ def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
     call(_put, what="write", where=to_uri(fs, path))
 
 
-def write_json_atomic(fs: pafs.FileSystem, path: str, obj: Any) -> None:
-    write_bytes_atomic(fs, path, dumps(obj))
+def write_json_atomic(
+    fs: pafs.FileSystem, path: str, obj: Any, *, nan: NanPolicy = "null"
+) -> None:
+    write_bytes_atomic(fs, path, dumps(obj, nan=nan))
 
 
 def delete_dir(fs: pafs.FileSystem, path: str, *, missing_ok: bool = True) -> None:

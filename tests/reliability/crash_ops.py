@@ -131,9 +131,9 @@ def run(spec: dict[str, Any], armed: contextlib.AbstractContextManager[Any],
         import dagster as dg
 
         import trainresults_dagster as trd
-        from trainresults_dagster import storage
+        from trainresults_dagster.dagster._wiring import s3_settings
 
-        fs = storage.s3_filesystem(s3) if s3 is not None else None
+        fs = s3_settings(s3).filesystem() if s3 is not None else None
         result = trd.TrainResult.from_path(spec["source"], fs)
         io = trd.RayTrainResultIOManager(base_path=spec["base"], s3=s3, checkpoints="copy")
         context = dg.build_output_context(asset_key=dg.AssetKey(["train"]))
@@ -141,8 +141,8 @@ def run(spec: dict[str, Any], armed: contextlib.AbstractContextManager[Any],
             io.handle_output(context, result)
         return {"stored": result.uri}
 
-    from trainresults_dagster.checkpoint import Checkpoint
     from trainresults_dagster.registry import Registry
+    from trainresults_dagster.runs.checkpoint import Checkpoint
 
     registry = Registry.open(spec["base"], s3)
     if spec["op"] == "register":

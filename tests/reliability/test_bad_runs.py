@@ -12,8 +12,9 @@ import time
 import pytest
 
 import trainresults_dagster as trd
-from trainresults_dagster import readers, storage
-from trainresults_dagster.run_record import RunRecord, read_record, write_record
+from trainresults_dagster import storage
+from trainresults_dagster.runs import read as readers
+from trainresults_dagster.runs.record import RunRecord, read_record, write_record
 
 SNAP = "checkpoint_manager_snapshot.json"
 

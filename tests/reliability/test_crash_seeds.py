@@ -34,10 +34,11 @@ from reliability_tally import tally_fixture  # noqa: F401 - provides the tally f
 from s3_proxy import S3Proxy
 
 import trainresults_dagster as trd
-from trainresults_dagster import result_store, storage
+from trainresults_dagster import storage
 from trainresults_dagster.errors import PromotionConflict
 from trainresults_dagster.registry import Registry
-from trainresults_dagster.result_store import ResultStore
+from trainresults_dagster.runs import store as result_store
+from trainresults_dagster.runs.store import ResultStore
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CASES = [(op, backend) for op in ("io", "register", "promote") for backend in ("local", "s3")]

@@ -15,7 +15,7 @@ import pytest
 
 import trainresults_dagster as trd
 from trainresults_dagster import storage
-from trainresults_dagster.run_record import read_record
+from trainresults_dagster.runs.record import read_record
 
 WRITER = r"""
 import sys, types

@@ -15,10 +15,10 @@ from trainresults_dagster import storage
 
 
 def _fs(moto, endpoint):
-    return storage.s3_filesystem(
+    return storage.S3Settings(
         endpoint_url=endpoint, region_name=moto.region,
         aws_access_key_id=moto.access_key, aws_secret_access_key=moto.secret_key,
-    )
+    ).filesystem()
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

@@ -30,8 +30,9 @@ from s3_proxy import ALL_FAULTS, S3Proxy, conditional_put
 
 import trainresults_dagster as trd
 from trainresults_dagster import storage
+from trainresults_dagster.dagster._wiring import s3_settings
+from trainresults_dagster.dagster.json_io_manager import decode
 from trainresults_dagster.errors import StorageError
-from trainresults_dagster.json_io_manager import decode
 from trainresults_dagster.registry import Registry
 
 RUNS = ("success", "custom_names", "nan_losses")
@@ -134,7 +135,7 @@ def _load_summary(io: Any) -> tuple[dg.ExecuteInProcessResult, dict | None]:
 
 
 def _committed(moto: Any, base: str) -> trd.TrainResult | None:
-    from trainresults_dagster.result_store import ResultStore
+    from trainresults_dagster.runs.store import ResultStore
 
     fs = moto.filesystem()
     store = ResultStore(*storage.resolve(f"{base}/train", fs),
@@ -169,7 +170,7 @@ def test_io_manager_copy_mode_and_load_through_faults(moto, s3_runs, seed, rate,
     try:
         faulty = _resource(moto, proxy.endpoint_url)
         io = trd.RayTrainResultIOManager(base_path=base, s3=faulty, checkpoints="copy")
-        fs = storage.s3_filesystem(faulty)
+        fs = s3_settings(faulty).filesystem()
         for name in RUNS:
             run_uri = s3_runs[name]
             start = time.monotonic()
@@ -241,7 +242,7 @@ def test_io_manager_step_that_keeps_failing(moto, s3_runs, monkeypatch, step, fa
         faulty = _resource(moto, proxy.endpoint_url, max_attempts=2)
         io = trd.RayTrainResultIOManager(base_path=base, s3=faulty, checkpoints="copy")
         new = s3_runs["custom_names"]
-        outcome = _materialize_train(io, storage.s3_filesystem(faulty), new)
+        outcome = _materialize_train(io, s3_settings(faulty).filesystem(), new)
     finally:
         proxy.stop()
     assert proxy.stats["faults"][fault] >= 2

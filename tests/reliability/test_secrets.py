@@ -33,9 +33,9 @@ from reliability_tally import tally_fixture  # noqa: F401 - provides the tally f
 from s3_proxy import S3Proxy
 
 import trainresults_dagster as trd
-from trainresults_dagster import storage
+from trainresults_dagster.dagster._wiring import s3_settings
 from trainresults_dagster.errors import PromotionConflict
-from trainresults_dagster.training_context import training_context
+from trainresults_dagster.runs.result import training_context
 
 
 class RunChoice(dg.Config):
@@ -150,7 +150,7 @@ def test_no_credential_in_objects_events_logs_alerts_or_errors(moto, s3_runs, tm
     s3 = moto.s3_resource()
     assert s3.aws_secret_access_key == SECRET_KEY  # the sentinel is what we configure
     buckets = {k: moto.new_bucket(f"sec-{k}") for k in ("io", "values", "registry")}
-    fs = storage.s3_filesystem(s3)
+    fs = s3_settings(s3).filesystem()
     assets = _pipeline(fs)
     resources = _resources(s3, buckets)
     errors: dict[str, str] = {}
@@ -201,7 +201,7 @@ def test_no_credential_in_objects_events_logs_alerts_or_errors(moto, s3_runs, tm
             "get": lambda: dead_registry.get("clf"),
             "history": lambda: dead_registry.history("clf"),
             "load": lambda: trd.TrainResult.from_path(s3_runs["success"],
-                                                      storage.s3_filesystem(dead)),
+                                                      s3_settings(dead).filesystem()),
         }.items():
             with pytest.raises(OSError) as info:
                 call()

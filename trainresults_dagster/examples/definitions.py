@@ -33,7 +33,7 @@ from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
 import trainresults_dagster as trd
-from trainresults_dagster import storage
+import trainresults_dagster.storage as storage
 from trainresults_dagster.examples.model import Predictor, make_dataset
 
 MODEL = "demo-classifier"
@@ -58,7 +58,8 @@ def s3_resource() -> S3Resource | None:
 
 
 def _filesystem(uri: str) -> tuple[Any, str]:
-    return storage.filesystem_for(uri, s3_resource())
+    # The default S3 settings read the same AWS variables as s3_resource() above.
+    return storage.filesystem_for(uri)
 
 
 # ------------------------------------------------------------------------------- assets
@@ -166,7 +167,7 @@ weekly_retraining = trd.build_retraining_schedule(
 )
 failed_ray_runs = trd.build_failed_run_sensor(
     "failed_ray_runs", storage_path=location("ray"), job=retrain_job,
-    s3_resource_key="s3" if storage_root().startswith("s3://") else None,
+    s3_key="s3" if storage_root().startswith("s3://") else None,
 )
 training_failures = trd.build_training_failure_sensor(
     "training_failures",

@@ -4,7 +4,7 @@ Ray Train V2 persists only checkpoint-attached metrics and no error or status, s
 storage a failed run looks like a running one. Attach the recorder and the run folder gets
 ``trainresults_run.json`` (every rank-0 report, metric-only ones too, and every failure with
 whether it was terminal under the run's ``FailureConfig``), and a terminal failure adds one
-entry to the storage path's failure journal for sensors. Format: ``run_record.py``.
+entry to the storage path's failure journal for sensors. Format: ``runs/record.py``.
 
 It runs in the Ray Train controller process. Writes are safe for concurrent readers:
 write-then-rename on local disk, a single PUT on S3. A storage error while recording is
@@ -20,8 +20,9 @@ from typing import Any
 
 from ray.train import UserCallback
 
-from trainresults_dagster import storage
-from trainresults_dagster.run_record import (
+import trainresults_dagster.storage as storage
+from trainresults_dagster.runs.failure import TrainingError
+from trainresults_dagster.runs.record import (
     JOURNAL_DIR,
     RECORD_FILE,
     RunRecord,
@@ -30,12 +31,11 @@ from trainresults_dagster.run_record import (
     read_record,
     write_record,
 )
-from trainresults_dagster.training_error import TrainingError
 
 logger = logging.getLogger(__name__)
 
 
-def _is_preemption(errors: dict[int, BaseException]) -> bool:
+def _is_preemption(errors: dict[int, Exception]) -> bool:
     return any(bool(getattr(err, "preempted", False)) for err in errors.values())
 
 
@@ -122,7 +122,7 @@ class RunRecorder(UserCallback):
         self._write()
 
     def after_exception(
-        self, run_context: Any, worker_exceptions: dict[int, BaseException]
+        self, run_context: Any, worker_exceptions: dict[int, Exception]
     ) -> None:
         record = self._ensure(run_context)
         fail_cfg = record.failure_config

@@ -1,0 +1,88 @@
+"""Adapting Dagster's objects to the core, each in exactly one place.
+
+* ``s3_settings(resource)``: a dagster-aws ``S3Resource`` (or nothing) -> ``S3Settings``,
+  the core's one S3 configuration (endpoint, region, credentials).
+* ``resource(resources, key)``: the resource *object* under ``key``. ``context.resources.<key>``
+  is what a resource attaches, and dagster-aws's ``S3Resource`` attaches a boto3 client;
+  we need its configuration.
+* ``asset_key(ref)``: an asset, spec, key, ``"a/b"`` string or list of parts -> ``AssetKey``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import dagster as dg
+from dagster_aws.s3 import S3Resource
+
+from trainresults_dagster.storage import S3Settings
+
+AssetRef = str | Sequence[str] | dg.AssetKey | dg.AssetsDefinition | dg.AssetSpec
+
+
+def s3_settings(s3: S3Resource | S3Settings | None) -> S3Settings:
+    """The settings of a dagster-aws ``S3Resource``; the default AWS chain for None."""
+    if s3 is None:
+        return S3Settings()
+    if isinstance(s3, S3Settings):
+        return s3
+    if not isinstance(s3, S3Resource):
+        raise TypeError(f"expected a dagster_aws.s3.S3Resource, got {type(s3).__name__}")
+    return S3Settings(
+        endpoint_url=s3.endpoint_url,
+        region_name=s3.region_name,
+        aws_access_key_id=s3.aws_access_key_id,
+        aws_secret_access_key=s3.aws_secret_access_key,
+        aws_session_token=s3.aws_session_token,
+        profile_name=s3.profile_name,
+        use_ssl=s3.use_ssl is not False,
+        verify=s3.verify,
+        anonymous=bool(s3.use_unsigned_session),
+        max_attempts=s3.max_attempts or 5,
+    )
+
+
+def resource(resources: Any, key: str) -> Any:
+    """The resource object under ``key`` (not what it attaches), or None when absent."""
+    original = getattr(resources, "original_resource_dict", None) or {}
+    if key in original:
+        return original[key]
+    return getattr(resources, key, None)
+
+
+def s3_settings_from(resources: Any, key: str | None) -> S3Settings:
+    """The S3 settings of resource ``key``; without a key, or with no such resource, the
+    default AWS chain and environment (the same rule for every component)."""
+    return s3_settings(resource(resources, key) if key else None)
+
+
+def asset_key(ref: Any, *, what: str) -> dg.AssetKey:
+    """``ref`` as an ``AssetKey``: an ``AssetsDefinition`` with one key, an ``AssetSpec``,
+    an ``AssetKey``, a key string (``"train"``, ``"models/train"``) or a list of parts."""
+    if isinstance(ref, dg.AssetsDefinition):
+        if len(ref.keys) != 1:
+            raise ValueError(
+                f"{what} must be a single asset, got a definition with keys "
+                f"{sorted(k.to_user_string() for k in ref.keys)}"
+            )
+        return ref.key
+    if isinstance(ref, dg.AssetSpec):
+        return ref.key
+    if isinstance(ref, dg.AssetKey):
+        return ref
+    if isinstance(ref, str) and ref:
+        return dg.AssetKey.from_user_string(ref)
+    if isinstance(ref, list | tuple) and ref and all(isinstance(p, str) for p in ref):
+        return dg.AssetKey(list(ref))
+    raise TypeError(
+        f"{what} must be an asset (AssetsDefinition), an AssetSpec, an AssetKey or a key "
+        f"string such as 'train' or 'models/train', got {type(ref).__name__}: {ref!r}"
+    )
+
+
+def partitions_of(ref: Any) -> dg.PartitionsDefinition | None:
+    """The partitions of an upstream asset given as a definition or spec, else None."""
+    if isinstance(ref, dg.AssetsDefinition | dg.AssetSpec):
+        return ref.partitions_def
+    return None

@@ -1,0 +1,394 @@
+"""Sensors that alert on failed training, with the training context Dagster's alerts lack.
+
+* ``build_failed_run_sensor``: watches a Ray Train *storage path* (runs launched anywhere:
+  Dagster, a notebook, a cron job) and alerts once per failed run; given a ``job`` it also
+  requests one retraining run per failed run. The scan itself is
+  ``alerts.scan.scan_failed_runs`` (Dagster-free); this module only adapts it.
+* ``build_training_failure_sensor``: a run-failure sensor for *Dagster runs* whose
+  training step failed: the alert carries the error per rank, run URI, last checkpoint and
+  metrics (from the step's failure metadata) and a link to the run in the Dagster UI.
+
+Both look up the sink by resource key (``alert_sink_key``): any resource with
+``send(alert)``, e.g. ``trd.WebhookAlertSink``. Like every Dagster sensor they start
+STOPPED unless ``default_status=dg.DefaultSensorStatus.RUNNING``, and they need the
+``dagster-daemon`` to tick.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import dagster as dg
+
+import trainresults_dagster.storage as storage
+from trainresults_dagster.alerts.alert import alert_id, build_alert
+from trainresults_dagster.alerts.scan import (
+    MAX_READ_ATTEMPTS,
+    OVERLAP_SECONDS,
+    V1_RESCAN_SECONDS,
+    scan_failed_runs,
+)
+from trainresults_dagster.dagster._wiring import resource, s3_settings
+from trainresults_dagster.dagster.metadata import METADATA_PREFIX
+from trainresults_dagster.runs.failure import CONTEXT_KEYS
+
+if TYPE_CHECKING:
+    from dagster._core.definitions.unresolved_asset_job_definition import (
+        UnresolvedAssetJobDefinition,
+    )
+    from dagster._core.events import DagsterEvent
+    from dagster_shared.error import SerializableErrorInfo
+
+#: Asset tag that marks a training asset for ``build_training_failure_sensor``.
+TRAINING_TAG = "trainresults/training"
+#: Asset kinds that mark a training asset.
+TRAINING_KINDS = frozenset({"ray", "ray-train"})
+_RANK_LINE = re.compile(r"^\s*\[Rank (\d+)\]: (.+)$", re.M)
+
+
+def _sink(resources: Any, key: str) -> Any:
+    sink = resource(resources, key)
+    if not callable(getattr(sink, "send", None)):
+        raise TypeError(
+            f"expected the resource {key!r} to be an alert sink (an object with send(alert)), "
+            f"got {type(sink).__name__}"
+        )
+    return sink
+
+
+class _Ledger:
+    """Alert ids already delivered, kept in the Dagster instance's key-value store.
+
+    Dagster stores a sensor's cursor only when the tick completes, and a tick runs in the
+    code server while the daemon commits it: a daemon stopped between the two re-runs the
+    tick and would re-send its alerts. Recording each delivery right after the sink
+    accepted it closes that gap down to one local write; ``alert_id`` (``X-Alert-ID``)
+    lets receivers drop the rare duplicate left. Without an instance (unit tests) it is
+    a no-op.
+    """
+
+    def __init__(self, instance: Any, sensor_name: str) -> None:
+        self._store = getattr(instance, "daemon_cursor_storage", None) if instance else None
+        self._prefix = f"trainresults/delivered/{sensor_name}/"
+        self.skipped: set[str] = set()
+
+    def deliver(self, sink: Any, alert: dict[str, Any]) -> None:
+        """Send unless already delivered (then it is listed in ``skipped``)."""
+        key = self._prefix + str(alert["alert_id"])
+        if self._store is not None and self._store.get_cursor_values({key}):
+            self.skipped.add(str(alert["alert_id"]))
+            return
+        sink.send(alert)
+        if self._store is not None:
+            self._store.set_cursor_values({key: storage.iso()})
+
+
+def _instance_or_none(context: dg.SensorEvaluationContext) -> Any:
+    try:
+        return context.instance
+    except dg.DagsterInvariantViolationError:  # a context built in a test without one
+        return None
+
+
+def _secrets_of(*resources: Any) -> list[str]:
+    names = ("secret", "aws_secret_access_key", "aws_session_token", "token", "password")
+    return [v for r in resources for n in names if isinstance(v := getattr(r, n, None), str)]
+
+
+# --------------------------------------------------------------------------------------
+# Storage sensor
+# --------------------------------------------------------------------------------------
+
+
+def build_failed_run_sensor(
+    name: str,
+    *,
+    storage_path: str,
+    alert_sink_key: str | None = "alert_sink",
+    job: dg.JobDefinition | UnresolvedAssetJobDefinition | None = None,
+    minimum_interval_seconds: int = 60,
+    s3_key: str | None = None,
+    include_v1: bool = True,
+    v1_rescan_seconds: float = V1_RESCAN_SECONDS,
+    max_runs_per_tick: int = 100,
+    overlap_seconds: float = OVERLAP_SECONDS,
+    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
+    description: str | None = None,
+) -> dg.SensorDefinition:
+    """A sensor that alerts once per failed Ray Train run under ``storage_path``.
+
+    Finds V2 runs whose ``RunRecorder`` recorded a terminal failure and V1 runs with a trial
+    in state ``ERROR`` (see ``alerts.scan``). Each tick costs a listing of what is new
+    plus one read per new failed run; the cursor (JSON, stored by Dagster) carries the rest.
+    On its first tick it reports every failed run already in storage.
+
+    Args:
+        storage_path: the runs' ``RunConfig.storage_path``: a local folder or ``s3://...``.
+        alert_sink_key: resource key of the sink (any resource with ``send(alert)``); None
+            to only request runs.
+        job: requests one run of this job per failed run, ``run_key`` = the run's URI (so
+            Dagster never launches two for the same run), tagged ``trainresults/run_uri``
+            and ``trainresults/error_type``.
+        s3_key: for ``s3://`` paths, the key of a dagster-aws ``S3Resource`` (endpoint,
+            region, credentials). None uses the default AWS credential chain and
+            environment, as every other component does.
+        include_v1: also look for failed Ray Train V1 experiments.
+        v1_rescan_seconds: how often to look for *new* V1 experiments (each look costs a
+            ``stat`` per top-level folder locally, one LIST per 1,000 objects on S3); known
+            unfinished ones are checked every tick.
+        max_runs_per_tick: runs read per tick at most; the rest wait for the next tick.
+        overlap_seconds: how late a journal entry may appear (clock skew between writers)
+            and still be found.
+        default_status: ``RUNNING`` to start ticking as soon as the daemon loads it.
+    """
+    if not isinstance(storage_path, str) or not storage_path.strip():
+        raise ValueError(f"expected storage_path to be a folder or s3:// URI, got {storage_path!r}")
+    if alert_sink_key is None and job is None:
+        raise ValueError(f"sensor {name!r} needs an alert_sink_key, a job, or both; got neither")
+    if minimum_interval_seconds < 1:
+        raise ValueError(f"expected minimum_interval_seconds >= 1, got {minimum_interval_seconds!r}")
+    is_s3 = storage.split_scheme(storage_path)[0] == "s3"
+    keys = {k for k in (alert_sink_key, s3_key if is_s3 else None) if k}
+
+    @dg.sensor(
+        name=name,
+        minimum_interval_seconds=minimum_interval_seconds,
+        description=description
+        or f"Alerts on failed Ray Train runs under {storage_path}"
+        + (f" and requests {job.name} for each" if job is not None else ""),
+        job=job,
+        default_status=default_status,
+        required_resource_keys=keys,
+    )
+    def _failed_runs(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        sink = _sink(context.resources, alert_sink_key) if alert_sink_key else None
+        ledger = _Ledger(_instance_or_none(context), name)
+        s3 = resource(context.resources, s3_key) if is_s3 and s3_key else None
+        client = None
+        if is_s3:
+            settings = s3_settings(s3)
+            fs, _ = storage.resolve(storage_path, settings.filesystem())
+            client = settings.client()
+        else:
+            fs, _ = storage.resolve(storage_path)
+        outcome = scan_failed_runs(
+            storage_path,
+            context.cursor,
+            filesystem=fs,
+            s3_client=client,
+            deliver=functools.partial(ledger.deliver, sink) if sink is not None else None,
+            include_v1=include_v1,
+            v1_rescan_seconds=v1_rescan_seconds,
+            max_runs=max_runs_per_tick,
+            overlap_seconds=overlap_seconds,
+            max_read_attempts=MAX_READ_ATTEMPTS,
+            secrets=_secrets_of(s3, sink),
+        )
+        for problem in outcome.problems:
+            context.log.warning(problem)
+        for run in outcome.found + outcome.redelivered:
+            if not run.delivered or sink is None:
+                continue
+            if run.alert["alert_id"] in ledger.skipped:
+                context.log.info(
+                    f"alert for failed run {run.alert['run_uri']} was already delivered by an "
+                    "interrupted tick; not sending it again"
+                )
+            else:
+                context.log.info(f"alert sent for failed run {run.alert['run_uri']}")
+        requests = []
+        if job is not None:
+            for run in outcome.found:
+                uri = str(run.alert["run_uri"])
+                requests.append(
+                    dg.RunRequest(
+                        run_key=uri,
+                        tags={
+                            "trainresults/run_uri": uri,
+                            "trainresults/error_type": str(run.alert.get("error_type") or "unknown"),
+                            "trainresults/alert_id": str(run.alert["alert_id"]),
+                        },
+                    )
+                )
+        if requests:
+            return dg.SensorResult(run_requests=requests, cursor=outcome.cursor)
+        found = len(outcome.found)
+        reason = f"{found} failed run(s) found" if found else "no new failed runs"
+        if outcome.problems:
+            reason += f"; {len(outcome.problems)} problem(s), see the tick log"
+        return dg.SensorResult(skip_reason=reason, cursor=outcome.cursor)
+
+    return _failed_runs
+
+
+# --------------------------------------------------------------------------------------
+# Dagster run-failure sensor
+# --------------------------------------------------------------------------------------
+
+
+def _user_error(error: SerializableErrorInfo | None) -> tuple[str | None, str | None]:
+    """(type, message) of the user's exception: the innermost non-Dagster error in the chain."""
+    chosen = None
+    while error is not None:
+        if not (error.cls_name or "").startswith("Dagster") or chosen is None:
+            chosen = error
+        error = error.cause
+    if chosen is None:
+        return None, None
+    message = (chosen.message or "").strip()
+    if chosen.cls_name and message.startswith(f"{chosen.cls_name}: "):
+        message = message[len(chosen.cls_name) + 2 :]
+    return chosen.cls_name, message
+
+
+def _training_nodes(repository_def: Any) -> dict[str, list[str]]:
+    """Top-level node name -> asset keys, for assets tagged or kinded as training."""
+    out: dict[str, list[str]] = {}
+    if repository_def is None:
+        return out
+    for assets_def in set(repository_def.assets_defs_by_key.values()):
+        if not assets_def.is_executable:
+            continue
+        keys = [
+            spec.key.to_user_string()
+            for spec in assets_def.specs
+            if spec.tags.get(TRAINING_TAG, "").lower() == "true" or TRAINING_KINDS & set(spec.kinds)
+        ]
+        if keys:
+            out.setdefault(assets_def.node_def.name, []).extend(keys)
+    return out
+
+
+def step_failure_alert(
+    event: DagsterEvent,
+    run: dg.DagsterRun,
+    *,
+    training_nodes: Mapping[str, list[str]],
+    webserver_base_url: str | None = None,
+    failed_at: float | None = None,
+    secrets: Sequence[str] = (),
+) -> dict[str, Any] | None:
+    """The alert for one failed step, or None when the step is not a training step.
+
+    A training step is one whose failure metadata carries ``trainresults/run_uri`` (what
+    the IO manager's ``dg.Failure`` sets) or one that materialises an asset tagged
+    ``trainresults/training: "true"`` or of kind ``ray``/``ray-train``.
+    """
+    data = event.step_failure_data
+    step_key = event.step_key or ""
+    user = data.user_failure_data if data is not None else None
+    # MetadataValue.value is the raw value (dict for json, str for text, None for null).
+    metadata = {k: getattr(v, "value", v) for k, v in (user.metadata if user else {}).items()}
+    context: dict[str, Any] = {
+        k: metadata[METADATA_PREFIX + k] for k in CONTEXT_KEYS if METADATA_PREFIX + k in metadata
+    }
+    assets = training_nodes.get(step_key.split(".", 1)[0])
+    if not context.get("run_uri") and not assets:
+        return None
+    error_type, message = _user_error(data.error if data is not None else None)
+    if isinstance(context.get("worker_failures"), str):
+        try:
+            context["worker_failures"] = json.loads(context["worker_failures"])
+        except ValueError:
+            context["worker_failures"] = {"?": context["worker_failures"]}
+    if isinstance(context.get("last_metrics"), str):
+        try:
+            context["last_metrics"] = json.loads(context["last_metrics"])
+        except ValueError:
+            pass
+    context.setdefault("error_type", error_type)
+    context.setdefault("message", (user.description if user else None) or message)
+    if not context.get("worker_failures") and context.get("message"):
+        # Ray's TrainingFailedError lists "[Rank N]: Type: msg" lines: keep them per rank.
+        context["worker_failures"] = dict(_RANK_LINE.findall(str(context["message"])))
+    url = None
+    if webserver_base_url:
+        url = f"{webserver_base_url.rstrip('/')}/runs/{run.run_id}"
+    return build_alert(
+        "dagster_run_failed",
+        context,
+        secrets=secrets,
+        alert_id=alert_id("dagster_run_failed", run.run_id, step_key),
+        dagster_run_id=run.run_id,
+        dagster_run_url=url,
+        dagster_job_name=run.job_name,
+        step_key=step_key,
+        asset_keys=assets or [],
+        failed_at=storage.iso(failed_at) if failed_at else None,
+    )
+
+
+def build_training_failure_sensor(
+    name: str,
+    *,
+    alert_sink_key: str = "alert_sink",
+    monitored_jobs: Sequence[Any] | None = None,
+    webserver_base_url: str | None = None,
+    minimum_interval_seconds: int | None = None,
+    monitor_all_code_locations: bool = False,
+    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
+    description: str | None = None,
+) -> dg.SensorDefinition:
+    """A run-failure sensor that alerts, with the training context, on failed training steps.
+
+    Runs launched from the UI or ``dg launch`` (``__ASSET_JOB``) are covered when
+    ``monitored_jobs`` is None (every job of this code location). One alert per failed
+    training step (see ``step_failure_alert`` for the rule); runs that failed elsewhere are
+    left to Dagster's own alerting. A sink that keeps failing makes the tick fail with the
+    delivery error, visible in the UI.
+
+    Args:
+        monitored_jobs: jobs to watch (default: all in this code location).
+        webserver_base_url: e.g. ``"http://localhost:3000"``; adds ``dagster_run_url``.
+        default_status: ``RUNNING`` to start as soon as the daemon loads it.
+    """
+    if webserver_base_url is not None and not webserver_base_url.startswith(("http://", "https://")):
+        raise ValueError(
+            f"expected webserver_base_url like 'http://localhost:3000', got {webserver_base_url!r}"
+        )
+
+    def _on_failure(context: dg.RunStatusSensorContext) -> None:
+        failure = context.for_run_failure()
+        sink = _sink(context.resources, alert_sink_key)
+        ledger = _Ledger(failure.instance, name)
+        nodes = _training_nodes(failure.repository_def)
+        record = failure.instance.get_run_record_by_id(failure.dagster_run.run_id)
+        failed_at = record.end_time if record is not None else None
+        errors = []
+        for event in failure.get_step_failure_events():
+            alert = step_failure_alert(
+                event,
+                failure.dagster_run,
+                training_nodes=nodes,
+                webserver_base_url=webserver_base_url,
+                failed_at=failed_at,
+                secrets=_secrets_of(sink),
+            )
+            if alert is None:
+                continue
+            try:
+                if ledger.deliver(sink, alert):
+                    failure.log.info(f"alert sent for training step {event.step_key!r}")
+            except Exception as exc:  # noqa: BLE001 - send the others, then report
+                errors.append(f"step {event.step_key!r}: {type(exc).__name__}: {exc}")
+        if errors:
+            raise RuntimeError(
+                f"could not deliver {len(errors)} training-failure alert(s) for run "
+                f"{failure.dagster_run.run_id}: {'; '.join(errors)}"
+            )
+
+    return dg.RunStatusSensorDefinition(
+        name=name,
+        run_status=dg.DagsterRunStatus.FAILURE,
+        run_status_sensor_fn=_on_failure,
+        minimum_interval_seconds=minimum_interval_seconds,
+        description=description or "Alerts with the training context when a training step fails",
+        monitored_jobs=list(monitored_jobs) if monitored_jobs else None,
+        monitor_all_code_locations=monitor_all_code_locations,
+        default_status=default_status,
+        required_resource_keys={alert_sink_key},
+    )
