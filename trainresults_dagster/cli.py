@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import sys
+import time
 from typing import Any
 
 from trainresults_dagster.runs.metrics import flatten_metrics
@@ -62,7 +63,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(json.dumps(summary, default=str, indent=2))
         return EXIT_OK
     print(f"run        {result.uri}")
-    print(f"layout     {result.layout}    status {result.status}")
+    print(f"layout     {result.layout}    status {result.status}{_status_note(result)}")
     print(f"reports    {len(result.history)}    checkpoints {len(result.checkpoints)}")
     if result.missing_checkpoints:
         print(f"missing    {', '.join(result.missing_checkpoints)} (named by the snapshot, gone)")
@@ -75,12 +76,38 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                 for c, m in pairs]
         print()
         print(_table(["checkpoint (* latest)"] + keys, rows))
+    record = result.record
+    retried = [f for f in record.failures if not f.terminal] if record is not None else []
+    if retried:
+        print()
+        print(f"retried    {len(retried)} failure(s) Ray retried:")
+        for failure in retried[-5:]:
+            first = failure.message.splitlines()[0] if failure.message else ""
+            print(f"  attempt {failure.attempt}: {failure.error_type}: {first[:120]}")
     if result.error is not None:
         print()
         print(f"error      {result.error.error_type}: {result.error.message.splitlines()[0] if result.error.message else ''}")
         for rank, failure in sorted(result.error.worker_failures.items()):
             print(f"  rank {rank}: {failure}")
     return EXIT_OK
+
+
+def _status_note(result: Any) -> str:
+    """Where the status comes from, and how sure it is."""
+    record = result.record
+    if record is None:
+        if result.layout == "v2" and result.status == "unknown":
+            return " (no RunRecorder record: Ray Train V2 stores no status)"
+        return ""
+    if record.updated_at is None:
+        return ""
+    ago = max(0.0, time.time() - record.updated_at)
+    if result.status == "running":
+        return f" (record updated {ago:.0f} s ago)"
+    if result.status == "unknown" and record.status == "running":
+        return (f" (record says running, but its last line is {ago:.0f} s old: the controller "
+                "was killed, lost its node, or waits for resources)")
+    return ""
 
 
 def cmd_best(args: argparse.Namespace) -> int:

@@ -13,7 +13,6 @@ import trainresults_dagster.storage as storage
 from trainresults_dagster.errors import NoSnapshotError, TrainResultsError
 
 from .failure import TrainingError
-from .record import mark_finished
 from .result import TrainResult
 
 
@@ -64,10 +63,5 @@ def fit(trainer: Any) -> TrainResult:
             stored = TrainResult(path=path, filesystem=fs)
         stored.error = error
         return stored
-    location = run_location(trainer)
-    if location is not None:
-        try:
-            mark_finished(*location)
-        except (TrainResultsError, OSError):
-            pass  # the status is a convenience; the result itself is what matters
+    # RunRecorder, when attached, has already written "finished" from the controller.
     return TrainResult.from_ray(result, read_storage=True)

@@ -1,8 +1,9 @@
 """Read Ray Train run folders from storage: JSON and text only, never pickles.
 
 * V2 run directory (``storage_path/name``): ``checkpoint_manager_snapshot.json`` is the
-  source of truth (never list ``checkpoint_*`` folders to guess), plus the optional
-  ``trainresults_run.json`` written by ``RunRecorder``.
+  source of truth (never list ``checkpoint_*`` folders to guess), plus the optional record
+  ``RunRecorder`` writes (``trainresults_record/``, or ``trainresults_run.json`` from earlier
+  versions; see ``runs/record.py``).
 * V1 trial directory: ``result.json`` (JSON lines), ``error.txt`` and the experiment's
   ``experiment_state-*.json`` for the terminal status. ``error.pkl``, ``trainer.pkl``,
   ``tuner.pkl``, ``params.pkl`` and ``basic-variant-state-*.json`` (a pickle despite its
@@ -34,7 +35,7 @@ from trainresults_dagster.errors import (
 
 from .checkpoint import Checkpoint
 from .failure import TrainingError
-from .record import RECORD_FILE, read_record
+from .record import RECORD_DIR, RECORD_FILE, has_record, read_record
 
 #: What a reader returns: the keyword arguments of ``TrainResult(...)``. The reader does not
 #: build the result itself, so ``result`` imports ``read`` and never the other way round.
@@ -83,8 +84,8 @@ def read_run(
             f"{len(trials)} trial folders {sorted(trials)[:5]}; pass one trial folder "
             "(the one holding result.json)"
         )
-    if RECORD_FILE in names:
-        return _from_record_only(fs, path)
+    if has_record(names):
+        return _from_record_only(fs, path, names)
     uri = storage.to_uri(fs, path)
     if MARKER_FILE in names:
         raise NoSnapshotError(
@@ -207,7 +208,7 @@ def read_v2(
             "missing_checkpoints='drop' to read the run without them."
         )
 
-    record = read_record(fs, path) if RECORD_FILE in (names or {}) else None
+    record = read_record(fs, path, names) if names and has_record(names) else None
     by_name = {}
     ordered = sorted(zip(parsed["report_indices"], parsed["entries"], strict=True))
     for idx, (name, metrics) in ordered:
@@ -229,10 +230,7 @@ def read_v2(
         for idx, (n, m) in ordered
     ]
     if record is not None and record.reports:
-        recorded = {r["report_index"]: r for r in record.reports}
-        for h in history:
-            recorded.setdefault(h["report_index"], h)
-        history = [recorded[k] for k in sorted(recorded)]
+        history = merge_history(record.reports, history)
     return dict(
         path=path,
         filesystem=fs,
@@ -249,11 +247,32 @@ def read_v2(
     )
 
 
-def _from_record_only(fs: pafs.FileSystem, path: str) -> RunFields:
+def merge_history(
+    recorded: list[dict[str, Any]], snapshot: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The recorder's reports, plus the snapshot's checkpoint reports it does not have.
+
+    Both number reports the same way within one ``fit()``. A checkpoint report the record
+    lacks (its flush was lost to a killed controller) goes in at its snapshot index, after a
+    recorded report that holds the same index (a resumed run can reuse Ray's numbers).
+    """
+    have = {r["checkpoint_dir_name"] for r in recorded if r["checkpoint_dir_name"]}
+    keyed = [((r["report_index"], 0), r) for r in recorded]
+    keyed += [((h["report_index"], 1), h) for h in snapshot if h["checkpoint_dir_name"] not in have]
+    keyed.sort(key=lambda kv: kv[0])
+    return [r for _, r in keyed]
+
+
+def _from_record_only(
+    fs: pafs.FileSystem, path: str, names: dict[str, pafs.FileType]
+) -> RunFields:
     """A recorded run with no snapshot yet: no checkpoint, but its reports and error."""
-    record = read_record(fs, path)
+    record = read_record(fs, path, names)
     if record is None:  # deleted between the listing and the read
-        raise RunNotFoundError(f"{storage.to_uri(fs, path)}/{RECORD_FILE} disappeared while reading")
+        raise RunNotFoundError(
+            f"the RunRecorder record ({RECORD_DIR}/ or {RECORD_FILE}) of "
+            f"{storage.to_uri(fs, path)} disappeared while reading"
+        )
     last = record.reports[-1]["metrics"] if record.reports else None
     return dict(
         path=path,

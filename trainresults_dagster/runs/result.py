@@ -9,6 +9,7 @@ without importing ray (``from_path``), converts from and to Ray's objects (``fro
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -176,13 +177,21 @@ class TrainResult:
 
     @property
     def status(self) -> str:
-        """``"failed"``, ``"finished"`` or ``"unknown"`` (V2 without RunRecorder stores none)."""
+        """``"running"``, ``"finished"``, ``"failed"``, ``"aborted"`` or ``"unknown"``.
+
+        With ``RunRecorder`` attached, what Ray's controller did (see
+        ``RunRecord.status_at``): final statuses are written before the controller moves
+        on; ``running`` means the record got a line within the last few heartbeats, and a
+        run whose controller died without a word reads ``unknown``. Without it a V2 run is
+        always ``unknown`` (Ray stores no status), except that a ``TrainResult`` built from
+        a failed ``fit()`` is ``failed``. V1 runs: the trial status Ray Tune stored.
+        """
         if self.error is not None:
             return "failed"
         if self._status:
             return self._status
         if self.record is not None:
-            return self.record.status if self.record.status != "running" else "unknown"
+            return self.record.status_at(time.time())
         return "unknown"
 
     @property
@@ -233,6 +242,28 @@ class TrainResult:
             "num_reports": len(self.history),
             "missing_checkpoints": self.missing_checkpoints,
             "error": self.error.to_dict() if self.error else None,
+            "record": self.record_summary(),
+        }
+
+    def record_summary(self) -> dict[str, Any] | None:
+        """What the ``RunRecorder`` record says, for the CLI: None when there is none."""
+        record = self.record
+        if record is None:
+            return None
+        return {
+            "format": record.format,
+            "status": record.status,
+            "updated_at": storage.iso(record.updated_at) if record.updated_at else None,
+            "seconds_since_update": round(time.time() - record.updated_at, 1)
+            if record.updated_at else None,
+            "heartbeat_seconds": record.heartbeat_seconds,
+            "failures": [
+                {**{k: v for k, v in f.to_dict().items() if k != "traceback"}, **d}
+                for f, d in zip(record.failures,
+                                record.failure_details or [{}] * len(record.failures),
+                                strict=False)
+            ],
+            "torn_lines": record.torn_lines,
         }
 
     # ------------------------------------------------------------------ JSON
@@ -305,7 +336,7 @@ class TrainResult:
             report_indices=indices,
             missing_checkpoints=data.get("missing_checkpoints") or [],
             ray_version=data.get("ray_version"),
-            status=data.get("status") if data.get("status") in ("failed", "finished") else None,
+            status=data.get("status") if data.get("status") in ("failed", "finished", "aborted") else None,
             dataframe_loader=dataframe_loader,
         )
 
