@@ -8,6 +8,9 @@ Fixtures (all session-scoped unless noted):
   ``client()`` (boto3), ``filesystem()`` (pyarrow), ``s3_resource()`` (dagster-aws),
   ``new_bucket(prefix)``, ``upload_dir(local, bucket, key)``, ``request_log()``.
 * ``v2_runs`` -> ``{job name: local run path}`` for every job in ``tests/ray_jobs.JOBS``.
+* ``retried_env_run`` -> path of a V2 run whose RunRecorder came only from
+  ``RAY_TRAIN_CALLBACKS``, with a preempted-looking failure and a worker failure that Ray
+  both retried (``FailureConfig(max_failures=1)``), then finished.
 * ``v1_runs`` -> ``{"v1_success": trial dir, "v1_failure": trial dir}`` (RAY_TRAIN_V2_ENABLED=0).
 * ``s3_runs`` -> ``{job name: "s3://runs/<name>"}``: the V2 and V1 runs uploaded to moto.
 * ``s3_direct_run`` -> ``"s3://direct/success_s3"``: a Ray run that wrote straight to moto.
@@ -197,6 +200,21 @@ def _cached_locked(
 @pytest.fixture(scope="session")
 def v2_runs(runs_root: Path, request: pytest.FixtureRequest) -> dict[str, str]:
     return _cached(runs_root, "v2", request, lambda _a: ray_jobs.make_v2_runs(str(runs_root / "v2")))
+
+
+@pytest.fixture(scope="session")
+def retried_env_run(runs_root: Path, request: pytest.FixtureRequest) -> str:
+    def make(_address: str) -> dict[str, str]:
+        import ray.cloudpickle
+
+        ray.cloudpickle.register_pickle_by_value(ray_jobs)
+        storage = str(runs_root / "env")
+        with pytest.MonkeyPatch.context() as mp:  # the only way the recorder is attached
+            mp.setenv("RAY_TRAIN_CALLBACKS", "trainresults_dagster.ray.RunRecorder")
+            ray_jobs.run_retried_job(storage)
+        return {"retried_env": os.path.join(storage, "retried_env")}
+
+    return _cached(runs_root, "env", request, make)["retried_env"]
 
 
 @pytest.fixture(scope="session")

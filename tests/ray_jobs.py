@@ -110,6 +110,51 @@ def run_job(
     return trd.fit(trainer)
 
 
+def retry_loop(config: dict[str, Any]) -> None:
+    """Attempt 1 dies like a preempted worker, attempt 2 raises, attempt 3 finishes.
+
+    The preempted-looking death is the shape Ray's health check reports for a worker on a
+    reclaimed node (``WorkerHealthCheckFailedError(RayActorError(preempted=True))``), so
+    ``DefaultFailurePolicy`` charges it to ``max_preemption_failures`` and retries.
+    """
+    import ray.train
+    from ray.exceptions import RayActorError
+    from ray.train.v2._internal.exceptions import WorkerHealthCheckFailedError
+
+    with open(config["attempts_file"], "a") as fh:
+        fh.write("x")
+    attempt = os.path.getsize(config["attempts_file"])
+    ray.train.report({"attempt": attempt, "step": 0})
+    if attempt == 1:
+        raise WorkerHealthCheckFailedError("node preempted (simulated)", RayActorError(preempted=True))
+    if attempt == 2:
+        raise ValueError("transient failure on attempt 2")
+    with tempfile.TemporaryDirectory() as d:
+        with open(os.path.join(d, "model.txt"), "w") as fh:
+            fh.write(f"attempt={attempt}\n")
+        ray.train.report({"attempt": attempt, "step": 1},
+                         checkpoint=ray.train.Checkpoint.from_directory(d))
+
+
+def run_retried_job(storage_path: str, name: str = "retried_env") -> Any:
+    """``retry_loop`` with ``FailureConfig(max_failures=1)`` and *no* callbacks in code: the
+    caller attaches RunRecorder through ``RAY_TRAIN_CALLBACKS``. Returns ``trd.fit``'s result."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    import trainresults_dagster as trd
+
+    os.makedirs(storage_path, exist_ok=True)
+    trainer = DataParallelTrainer(
+        retry_loop,
+        train_loop_config={"attempts_file": os.path.join(storage_path, f"{name}.attempts")},
+        scaling_config=ScalingConfig(num_workers=1),
+        run_config=RunConfig(name=name, storage_path=storage_path,
+                             failure_config=FailureConfig(max_failures=1)),
+    )
+    return trd.fit(trainer)
+
+
 def make_v2_runs(storage_path: str, names: list[str] | None = None) -> dict[str, str]:
     import ray.cloudpickle
 

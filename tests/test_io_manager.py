@@ -18,6 +18,7 @@ import trainresults_dagster as trd
 from trainresults_dagster.dagster.metadata import error_markdown
 from trainresults_dagster.runs import store as result_store
 from trainresults_dagster.runs.metrics import flatten_metrics
+from trainresults_dagster.runs.record import read_record
 from trainresults_dagster.runs.store import ResultStore
 from trainresults_dagster.storage import resolve
 
@@ -97,8 +98,9 @@ def same(a: Any, b: Any) -> bool:
 
 
 def recorded_reports(run: str) -> list[dict[str, Any]]:
-    with open(os.path.join(run, "trainresults_run.json")) as fh:
-        return json.load(fh)["reports"]
+    record = read_record(*resolve(run))
+    assert record is not None, f"no RunRecorder record in {run}"
+    return record.reports
 
 
 def versions(root: Path) -> list[str]:

@@ -23,7 +23,7 @@ from s3_proxy import S3Proxy
 import trainresults_dagster as trd
 from trainresults_dagster import storage
 from trainresults_dagster.alerts.scan import scan_failed_runs
-from trainresults_dagster.runs.record import JOURNAL_DIR, journal_key
+from trainresults_dagster.runs.record import JOURNAL_DIR, journal_key, read_record
 
 SEED_V2 = ("failure", "failure_before_ckpt", "failure_plain", "success", "nan_losses")
 EXPECTED_FAILED = {"failure", "failure_before_ckpt", "v1_failure"}
@@ -244,8 +244,10 @@ def test_unreadable_run_is_retried_and_reported(backend, receiver, instance, v2_
     (key,) = [k for k in pending if k.endswith(f"-{name}.json")]
     assert pending[key]["reads"] == 1 and "CorruptRunError" in pending[key]["error"]
 
-    # The writer finishes the file: the next tick alerts, once.
-    shutil.copy(Path(v2_runs["failure"]) / "trainresults_run.json", torn / "trainresults_run.json")
+    # The writer finishes the file (an old-format record, next to the new one): the next
+    # tick alerts, once.
+    whole = read_record(*storage.resolve(v2_runs["failure"]))
+    (torn / "trainresults_run.json").write_text(json.dumps(whole.to_dict()))
     backend.put_file(f"{name}/trainresults_run.json", (torn / "trainresults_run.json").read_bytes())
     cursor = tick(sensor, instance, result.cursor, resources).cursor
     cursor = tick(sensor, instance, cursor, resources).cursor

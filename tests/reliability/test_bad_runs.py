@@ -12,9 +12,7 @@ import time
 import pytest
 
 import trainresults_dagster as trd
-from trainresults_dagster import storage
 from trainresults_dagster.runs import read as readers
-from trainresults_dagster.runs.record import RunRecord, read_record, write_record
 
 SNAP = "checkpoint_manager_snapshot.json"
 
@@ -171,7 +169,7 @@ def test_s3_uri_without_bucket():
         trd.TrainResult.from_path("s3:///run")
 
 
-def test_torn_run_record_is_a_clear_error(copy_run):
+def test_torn_old_format_record_is_a_clear_error(copy_run):
     run = copy_run("success")
     with open(os.path.join(run, "trainresults_run.json"), "w") as fh:
         fh.write('{"schema": "trainresults.run/1", "reports": [')
@@ -185,37 +183,15 @@ def test_unknown_record_schema(copy_run):
         json.dump({"schema": "something-else/3"}, fh)
     with pytest.raises(trd.CorruptRunError, match="schema"):
         trd.TrainResult.from_path(run)
-
-
-def test_record_writes_are_atomic_for_concurrent_readers(tmp_path):
-    fs, run = storage.resolve(tmp_path)
-    record = RunRecord(run_name="r", run_uri=str(tmp_path))
-    stop = threading.Event()
-    errors: list[Exception] = []
-
-    def writer():
-        i = 0
-        while not stop.is_set():
-            record.reports.append({"report_index": i, "metrics": {"loss": i, "pad": "x" * 500},
-                                   "checkpoint_dir_name": None})
-            write_record(fs, run, record)
-            i += 1
-
-    write_record(fs, run, record)
-    t = threading.Thread(target=writer)
-    t.start()
-    reads = 0
-    deadline = time.time() + 1.0
-    while time.time() < deadline:
-        try:
-            read_record(fs, run)
-            reads += 1
-        except Exception as exc:  # noqa: BLE001 - any failure is the bug we look for
-            errors.append(exc)
-    stop.set()
-    t.join()
-    assert reads > 10 and errors == []
-    assert [p for p in os.listdir(tmp_path) if ".tmp-" in p] == []
+    run = copy_run("success")
+    folder = os.path.join(run, "trainresults_record")
+    (segment,) = os.listdir(folder)
+    with open(os.path.join(folder, segment), "r+b") as fh:
+        data = fh.read().replace(b"trainresults.record/2", b"someone-else/9", 1)
+        fh.seek(0)
+        fh.write(data)
+    with pytest.raises(trd.CorruptRunError, match="schema 'trainresults.record/2'"):
+        trd.TrainResult.from_path(run)
 
 
 def test_v1_torn_last_line_is_dropped_not_fatal(v1_runs, tmp_path):

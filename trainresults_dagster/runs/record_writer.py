@@ -14,8 +14,9 @@ serialised once, when they happen, and buffered; a flush writes only the new lin
 durable=True)`` (failures, final status) flushes before it returns. A line is also written
 every ``heartbeat_seconds`` of silence, so readers can tell a live run from a dead one.
 Storage errors never propagate out of ``flush``: the lines stay buffered and go out with
-the next flush; past ``MAX_PENDING_BYTES`` the buffered reports are dropped and a ``gap``
-event keeps the indices of later reports right.
+the next flush (policy flushes back off, 1 s doubling to ``every_seconds``, so an outage
+costs no request per report); past ``MAX_PENDING_BYTES`` the buffered reports are dropped
+and a ``gap`` event keeps the indices of later reports right.
 """
 
 from __future__ import annotations
@@ -140,6 +141,8 @@ class RecordWriter:
         self._kept: list[bytes] | None = None if self.local else []
         self._kept_bytes = 0
         self._closed = False
+        self._backoff = 0.0
+        self._retry_at = 0.0  # after a failed flush, policy flushes wait until then
 
     # ------------------------------------------------------------------ adding lines
     def write(self, event: dict[str, Any], *, durable: bool = False) -> None:
@@ -160,14 +163,17 @@ class RecordWriter:
         self._pending_reports += 1
         if self._oldest_report_at is None:
             self._oldest_report_at = now
-        if self._pending_reports >= self.policy.every_reports:
-            self.flush()
-        elif now - self._oldest_report_at >= self.policy.every_seconds:
+        if now >= self._retry_at and (
+            self._pending_reports >= self.policy.every_reports
+            or now - self._oldest_report_at >= self.policy.every_seconds
+        ):
             self.flush()
 
     def tick(self, now: float | None = None) -> None:
         """Time-based flush and heartbeat; call it often (every controller callback)."""
         now = self.clock() if now is None else now
+        if now < self._retry_at:
+            return
         if self._oldest_report_at is not None and now - self._oldest_report_at >= self.policy.every_seconds:
             self.flush()
         elif not self._pending and now - self._last_write_at >= self.policy.heartbeat_seconds:
@@ -210,6 +216,10 @@ class RecordWriter:
                 self._put_segment(data)
         except Exception as exc:  # noqa: BLE001 - recording must never fail the training run
             self.stats["errors"] += 1
+            # Reports wait (1 s, doubling, at most every_seconds) instead of trying storage
+            # on every report; failures and final statuses still try at once.
+            self._backoff = min(max(1.0, 2 * self._backoff), self.policy.every_seconds)
+            self._retry_at = self.clock() + self._backoff
             logger.warning("RunRecorder: could not write %d record lines to %s (kept for the "
                            "next flush): %s", len(lines), storage.to_uri(self.fs, self.folder), exc)
             return False
@@ -221,6 +231,7 @@ class RecordWriter:
         self._oldest_report_at = None
         self._dropped = 0
         self._last_write_at = self.clock()
+        self._backoff, self._retry_at = 0.0, 0.0
         return True
 
     def _append_local(self, data: bytes) -> None:
