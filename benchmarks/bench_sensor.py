@@ -26,7 +26,14 @@ import pyarrow.fs as pafs
 from trainresults_dagster import storage
 from trainresults_dagster.alerts.scan import scan_failed_runs
 from trainresults_dagster.runs.failure import TrainingError
-from trainresults_dagster.runs.record import JOURNAL_DIR, RECORD_FILE, RunRecord, journal_key
+from trainresults_dagster.runs.record import (
+    JOURNAL_DIR,
+    RECORD_DIR,
+    RECORD_SCHEMA_V2,
+    journal_key,
+    segment_name,
+    writer_name,
+)
 
 from .support import best_time, count_requests, moto_server, row
 from .synthetic import write_v2_run
@@ -35,12 +42,21 @@ NEW = 10
 DAY = 86400.0
 
 
+#: Where ``_record`` goes inside a run folder: the one segment of one writer (local layout).
+RECORD_KEY = f"{RECORD_DIR}/{segment_name(writer_name(0.0, 'bench'), 0)}"
+
+
 def _record(name: str, uri: str, failed: bool) -> bytes:
-    record = RunRecord(run_name=name, run_uri=uri, status="failed" if failed else "finished")
+    """A finished run's record as RunRecorder writes it (format 2): start, failure, status."""
+    lines = [{"event": "start", "schema": RECORD_SCHEMA_V2, "time": 0.0, "run_name": name,
+              "run_uri": uri, "flush": {"heartbeat_seconds": 60.0}}]
     if failed:
-        record.failures.append(TrainingError("WorkerGroupError", "boom", "",
-                                             {0: "ValueError: boom"}, terminal=True))
-    return json.dumps(record.to_dict()).encode()
+        error = TrainingError("WorkerGroupError", "boom", "", {0: "ValueError: boom"},
+                              terminal=True, attempt=1)
+        lines.append({"event": "failure", "time": 1.0, "failure": error.to_dict(),
+                      "kind": "worker_group", "decision": "RAISE", "state": "ShuttingDownState"})
+    lines.append({"event": "status", "time": 2.0, "status": "failed" if failed else "finished"})
+    return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
 
 
 def _entry(name: str, uri: str, when: float) -> tuple[str, bytes]:
@@ -56,7 +72,7 @@ def _old_runs(n: int) -> list[tuple[str, bytes]]:
     for i in range(n):
         name = f"run-{i:06d}"
         failed = i % 100 == 0
-        files.append((f"{name}/{RECORD_FILE}", _record(name, name, failed)))
+        files.append((f"{name}/{RECORD_KEY}", _record(name, name, failed)))
         if failed:
             files.append(_entry(name, name, start + i))
     return files
@@ -68,7 +84,7 @@ def _add_new_failures(fs: pafs.FileSystem, root: str) -> None:
         name = f"new-{i:02d}"
         path = f"{root}/{name}"
         write_v2_run(fs, path, 2)
-        storage.write_bytes_atomic(fs, f"{path}/{RECORD_FILE}", _record(name, path, True))
+        storage.write_bytes_atomic(fs, f"{path}/{RECORD_KEY}", _record(name, path, True))
         key, body = _entry(name, path, now + i / 1000)
         storage.write_bytes_atomic(fs, f"{root}/{key}", body)
 

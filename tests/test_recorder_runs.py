@@ -80,3 +80,50 @@ def test_cli_inspect_shows_status_and_retries(retried_env_run, v2_runs):
     plain = subprocess.run([*cli, v2_runs["failure_plain"]], capture_output=True, text=True,
                            timeout=60)
     assert "status unknown (no RunRecorder record" in plain.stdout
+
+
+JOB_SCRIPT = r"""
+import os, sys
+import ray, ray.train
+from ray.train import RunConfig, ScalingConfig
+from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+def loop(config):
+    for step in range(3):
+        ray.train.report({"step": step})
+
+ray.init()  # RAY_ADDRESS comes from the job supervisor
+assert os.environ["RAY_TRAIN_CALLBACKS"] == "trainresults_dagster.ray.RunRecorder"
+DataParallelTrainer(loop, scaling_config=ScalingConfig(num_workers=1),
+                    run_config=RunConfig(name="job_run", storage_path=sys.argv[1])).fit()
+print("JOB DONE")
+"""
+
+
+def test_ray_job_runtime_env_alone_attaches_the_recorder(ray_session, tmp_path, monkeypatch):
+    """The README's Ray Job recipe: the variable only in the job's runtime_env."""
+    import time
+
+    import ray
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    monkeypatch.delenv("RAY_TRAIN_CALLBACKS", raising=False)
+    script = tmp_path / "train.py"
+    script.write_text(JOB_SCRIPT)
+    dashboard = "http://" + ray._private.worker.global_worker.node.address_info["webui_url"]
+    client = JobSubmissionClient(dashboard)
+    job = client.submit_job(
+        entrypoint=f"{sys.executable} {script} {tmp_path / 'storage'}",
+        runtime_env={"env_vars": {"RAY_TRAIN_CALLBACKS": "trainresults_dagster.ray.RunRecorder"}},
+    )
+    deadline = time.time() + 240
+    status = client.get_job_status(job)
+    while status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+        assert time.time() < deadline, f"job {job} still {status}"
+        time.sleep(1)
+        status = client.get_job_status(job)
+    logs = client.get_job_logs(job)
+    assert status == JobStatus.SUCCEEDED and "JOB DONE" in logs, logs[-3000:]
+    result = trd.TrainResult.from_path(tmp_path / "storage" / "job_run")
+    assert result.status == "finished"
+    assert [h["metrics"]["step"] for h in result.history] == [0, 1, 2]

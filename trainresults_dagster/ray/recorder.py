@@ -98,14 +98,19 @@ def _guarded(method: Callable[P, R]) -> Callable[P, R | None]:
 def failure_kind(error: BaseException) -> str:
     """Which of ``DefaultFailurePolicy``'s budgets Ray charges ``error`` to:
     ``"controller"``, ``"preemption"`` or ``"worker_group"`` (checked in Ray's order)."""
-    from ray.train.v2._internal.execution.failure_handling.default import _is_preemption_failure
-    from ray.train.v2.api.exceptions import ControllerError
+    try:
+        from ray.train.v2._internal.execution.failure_handling.default import (
+            _is_preemption_failure,
+        )
+        from ray.train.v2.api.exceptions import ControllerError
 
-    if isinstance(error, ControllerError):
-        return "controller"
-    if _is_preemption_failure(error):  # type: ignore[arg-type]
-        return "preemption"
-    return "worker_group"
+        if isinstance(error, ControllerError):
+            return "controller"
+        if _is_preemption_failure(error):  # type: ignore[arg-type]
+            return "preemption"
+        return "worker_group"
+    except Exception:  # noqa: BLE001 - informational only; the verdict is the state's
+        return "unknown"
 
 
 class _Live:
