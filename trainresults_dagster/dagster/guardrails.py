@@ -166,8 +166,8 @@ def _age_check(
         event = events[-1]
         age = dt.datetime.now(dt.UTC) - event.at
         metadata = {"champion_version": event.version, "moved_at": dg.MetadataValue.timestamp(event.at),
-                    "age_hours": round(age.total_seconds() / 3600, 3),
-                    "max_age_hours": round(max_age.total_seconds() / 3600, 3)}
+                    "age_seconds": round(age.total_seconds(), 1),
+                    "max_age_seconds": max_age.total_seconds()}
         text = (f"{alias!r} of {model!r} points at version {event.version} since "
                 f"{event.at.isoformat(timespec='seconds')} ({event.action} by {event.who}), "
                 f"{_human(age)} ago; allowed {_human(max_age)}")
@@ -245,10 +245,9 @@ def _drift_check(
         registry = getattr(context.resources, registry_key)
         target = getattr(context.resources, target_key)
         current = registry.get(model, alias)
-        asked: Any = getattr(target, "running", None)
         running: dict[str, Any] | None
         try:
-            running = asked() if callable(asked) else None
+            running = target.running() if hasattr(target, "running") else None
         except TrainResultsError as exc:
             return _fail(f"could not ask {target_key!r} what it serves: {exc}",
                          dg.AssetCheckSeverity.ERROR)

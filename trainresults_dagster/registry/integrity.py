@@ -114,7 +114,9 @@ class IntegrityReport:
         return "; ".join(parts)
 
     def summary(self) -> str:
-        how = f"sizes and {self.checksum}" + (" (files read and hashed)" if self.hashed else "")
+        label = {"crc32": "CRC32s", "etag": "ETags"}.get(self.checksum, "total size")
+        how = ("every file read and hashed" if self.hashed
+               else f"sizes and {label} from one listing")
         head = f"version {self.version} of {self.model!r} at {self.uri}"
         if self.ok:
             return f"{head}: all {self.files} files intact ({how})"
