@@ -18,7 +18,7 @@ from typing import Any
 
 #: Columns of a metrics dataframe that are bookkeeping, not curves.
 _NOT_CURVES = {"checkpoint_dir_name", "report_index", "time", "timestamp", "time_total_s",
-               "time_this_iter_s", "date", "pid", "done", "training_iteration"}
+               "time_this_iter_s", "date", "pid", "done", "training_iteration", "rank"}
 _X_CANDIDATES = ("epoch", "training_iteration", "step", "iteration")
 #: Tableau colours (matplotlib's default cycle), so both renderers agree.
 COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
