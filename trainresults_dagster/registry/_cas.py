@@ -64,6 +64,10 @@ class ObjectStore(Protocol):
         dotfiles included, in one listing (S3: the ETag; locally there is none)."""
         ...
 
+    def chunks(self, key: str) -> Iterator[bytes]:
+        """The object's bytes in pieces (one GET on S3), for hashing without holding it."""
+        ...
+
     def require_conditional_writes(self) -> None:
         """Raise ``StorageError`` if the store silently ignores write conditions."""
         ...
@@ -72,6 +76,9 @@ class ObjectStore(Protocol):
 # --------------------------------------------------------------------------------------
 # Local folder
 # --------------------------------------------------------------------------------------
+
+
+_CHUNK = 8 << 20
 
 
 def _etag(data: bytes) -> str:
@@ -173,6 +180,11 @@ class LocalStore:
                 except FileNotFoundError:  # deleted while listing: it is missing
                     continue
         return out
+
+    def chunks(self, key: str) -> Iterator[bytes]:
+        with open(self._path(key), "rb") as fh:
+            while chunk := fh.read(_CHUNK):
+                yield chunk
 
     def list(self, prefix: str) -> list[str]:
         try:
@@ -333,3 +345,11 @@ class S3Store:
         except Exception as exc:  # noqa: BLE001 - botocore errors are classified by code
             raise self._fail("list", prefix, exc) from exc
         return out
+
+    def chunks(self, key: str) -> Iterator[bytes]:
+        # boto3's GET directly: pyarrow's input stream adds a HEAD per object.
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+        except Exception as exc:  # noqa: BLE001 - botocore errors are classified by code
+            raise self._fail("read", key, exc) from exc
+        yield from body.iter_chunks(_CHUNK)

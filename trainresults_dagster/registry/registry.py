@@ -427,8 +427,9 @@ class Registry:
         if hashes:
             bad = {path for path, _ in changed}
             intact = [p for p in sorted(listing) if p not in bad]
+            data_key = self._data_key(model, data_id)
             more, notes = integrity.compare_hashes(
-                manifest, intact, lambda rel: self._chunks(f"{mv.checkpoint.path}/{rel}")
+                manifest, intact, lambda rel: self._store.chunks(f"{data_key}/{rel}")
             )
             changed += more
             requests += len(intact)
@@ -477,11 +478,6 @@ class Registry:
                 f"expected a {integrity.MANIFEST_KIND!r} object in {self._store.uri(key)}"
             )
         return data, ""
-
-    def _chunks(self, path: str) -> Any:
-        with self.filesystem.open_input_stream(path) as fh:
-            while chunk := fh.read(8 << 20):
-                yield chunk
 
     # ------------------------------------------------------------------ model cards
     @staticmethod
