@@ -228,7 +228,7 @@ def resources() -> dict[str, Any]:
         )
     else:
         out["serving_target"] = LocalServeTarget(
-            "champion", "ChampionServer",
+            app_name="champion", deployment_name="ChampionServer",
             http_port=int(os.environ.get("TRAINRESULTS_SERVE_PORT") or 8000),
         )
     return out

