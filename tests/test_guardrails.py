@@ -219,6 +219,9 @@ def test_model_card_in_metadata_registry_and_cli(v2_runs, tmp_path, instance):
     assert "| loss | 0.5 | 0.4 | +0.1 |" in rejected, rejected
 
     registry = resources["checkpoint_registry"].registry
+    curves = registry.card(MODEL, 1)["curves"]
+    assert curves["marker_x"] == 1 and curves["x_label"] == "epoch"  # best loss at epoch 1
+    assert curves["renderer"] == "matplotlib"
     stored = registry.card(MODEL, 2)
     assert stored["outcome"] == "rejected" and stored["picture"].endswith("0000000002.png")
     assert registry.card_picture(MODEL, 2).startswith(b"\x89PNG")

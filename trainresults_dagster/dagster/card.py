@@ -40,7 +40,7 @@ def _curves(run_uri: str, checkpoint: Any, core: Any, metric: str, title: str,
         run = TrainResult.from_path(run_uri, _run_filesystem(run_uri, checkpoint, core),
                                     missing_checkpoints="drop")
         drawn = curves_png(run.metrics_dataframe, metric=metric, title=title,
-                           checkpoint_name=str(checkpoint.uri).rstrip("/").rsplit("/", 1)[-1])
+                           checkpoint_name=getattr(checkpoint, "dir_name", None))
     except Exception as exc:  # noqa: BLE001 - the card is a view: it must never fail a promotion
         log.warning(f"model card: no training curves from {run_uri}: {exc}")
         return None, {"error": f"could not read the metrics of {run_uri}: {exc}"}
