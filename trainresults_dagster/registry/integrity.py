@@ -25,10 +25,17 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import json
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from trainresults_dagster.errors import CorruptRegistryError
+
+if TYPE_CHECKING:
+    from ._cas import ObjectStore
+    from .model_version import ModelVersion
 
 MANIFEST_KIND = "trainresults.file_manifest/1"
 _CHUNK = 8 << 20
@@ -197,3 +204,74 @@ def compare_hashes(
             elif isinstance(outcome, str):
                 notes.append(outcome)
     return changed, notes
+
+
+def read_manifest(
+    store: ObjectStore, key: str, ref: Mapping[str, Any]
+) -> tuple[dict[str, Any] | None, str]:
+    """The manifest at ``key`` if its SHA-256 is the one in the version record ``ref``;
+    else ``(None, why)``."""
+    found = store.get(key)
+    if found is None:
+        return None, "the file manifest is missing (deleted?): nothing to check against"
+    if hashlib.sha256(found[0]).hexdigest() != ref.get("sha256"):
+        return None, "the file manifest changed since register (SHA-256 differs)"
+    try:
+        data = json.loads(found[0].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CorruptRegistryError(f"expected JSON in {store.uri(key)}: {exc}") from exc
+    if not isinstance(data, dict) or data.get("kind") != MANIFEST_KIND:
+        raise CorruptRegistryError(f"expected a {MANIFEST_KIND!r} object in {store.uri(key)}")
+    return data, ""
+
+
+def check_version(
+    store: ObjectStore,
+    mv: ModelVersion,
+    record: Mapping[str, Any],
+    *,
+    data_key: str,
+    manifest_key: str,
+    hashes: bool,
+    requests: int,
+) -> IntegrityReport:
+    """``Registry.verify`` once the version record is read (``requests`` so far)."""
+    listing = store.files(data_key)
+    requests += max(1, -(-len(listing) // 1000))  # S3 lists 1,000 keys per request
+    ref = record.get("files_manifest")
+    base = {"model": mv.model, "version": mv.version, "uri": mv.uri}
+    if not isinstance(ref, dict):
+        # Registered before manifests: compare what the record kept.
+        expected = (int(record.get("num_files") or 0), int(record.get("size_bytes") or 0))
+        got = (len(listing), sum(size for size, _ in listing.values()))
+        changed = [] if got == expected or not listing else [
+            ("(folder)", f"{expected[0]} files / {expected[1]} bytes -> {got[0]} / {got[1]}")
+        ]
+        return IntegrityReport(
+            **base, files=expected[0], size_bytes=expected[1], checksum="none", hashed=False,
+            missing=[] if listing else ["(every file)"], changed=changed, requests=requests,
+            notes=["registered without a file manifest: checked file count and total size"],
+        )
+    manifest, problem = read_manifest(store, manifest_key, ref)
+    requests += 1
+    if manifest is None:
+        return IntegrityReport(
+            **base, files=int(ref.get("files") or 0), size_bytes=mv.size_bytes,
+            checksum=str(ref.get("checksum") or "none"), hashed=False,
+            changed=[(store.uri(manifest_key), problem)], requests=requests,
+        )
+    missing, changed, unexpected = compare(manifest, listing)
+    notes: list[str] = []
+    if hashes:
+        bad = {path for path, _ in changed}
+        intact = [p for p in sorted(listing) if p not in bad]
+        more, notes = compare_hashes(manifest, intact,
+                                     lambda rel: store.chunks(f"{data_key}/{rel}"))
+        changed += more
+        requests += len(intact)
+    entries = manifest.get("files") or []
+    return IntegrityReport(
+        **base, files=len(entries), size_bytes=sum(int(e.get("size") or 0) for e in entries),
+        checksum=str(manifest.get("checksum") or "none"), hashed=hashes, missing=missing,
+        changed=changed, unexpected=unexpected, notes=notes, requests=requests,
+    )

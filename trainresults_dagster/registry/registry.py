@@ -408,77 +408,10 @@ class Registry:
             )
         mv = self._version_from_record(model, version, record)  # validates the folder name
         data_id = str(record.get("data"))
-        listing = self._store.files(self._data_key(model, data_id))
-        requests += max(1, -(-len(listing) // 1000))  # S3 lists 1,000 keys per request
-        ref = record.get("files_manifest")
-        if not isinstance(ref, dict):
-            return self._verify_legacy(mv, record, listing, requests)
-        manifest, problem = self._read_manifest(model, data_id, ref)
-        requests += 1
-        if manifest is None:
-            return integrity.IntegrityReport(
-                model=model, version=version, uri=mv.uri, files=int(ref.get("files") or 0),
-                size_bytes=mv.size_bytes, checksum=str(ref.get("checksum") or "none"),
-                hashed=False, changed=[(self._store.uri(self._manifest_key(model, data_id)),
-                                        problem)],
-                requests=requests,
-            )
-        missing, changed, unexpected = integrity.compare(manifest, listing)
-        notes: list[str] = []
-        if hashes:
-            bad = {path for path, _ in changed}
-            intact = [p for p in sorted(listing) if p not in bad]
-            data_key = self._data_key(model, data_id)
-            more, notes = integrity.compare_hashes(
-                manifest, intact, lambda rel: self._store.chunks(f"{data_key}/{rel}")
-            )
-            changed += more
-            requests += len(intact)
-        entries = manifest.get("files") or []
-        return integrity.IntegrityReport(
-            model=model, version=version, uri=mv.uri, files=len(entries),
-            size_bytes=sum(int(e.get("size") or 0) for e in entries),
-            checksum=str(manifest.get("checksum") or "none"), hashed=hashes,
-            missing=missing, changed=changed, unexpected=unexpected, notes=notes,
-            requests=requests,
+        return integrity.check_version(
+            self._store, mv, record, data_key=self._data_key(model, data_id),
+            manifest_key=self._manifest_key(model, data_id), hashes=hashes, requests=requests,
         )
-
-    def _verify_legacy(
-        self, mv: ModelVersion, record: dict[str, Any],
-        listing: dict[str, tuple[int, str | None]], requests: int,
-    ) -> integrity.IntegrityReport:
-        """A version registered before file manifests: compare file count and total size."""
-        expected = (int(record.get("num_files") or 0), int(record.get("size_bytes") or 0))
-        got = (len(listing), sum(size for size, _ in listing.values()))
-        missing = [] if listing else ["(every file)"]
-        changed = [] if got == expected or not listing else [
-            ("(folder)", f"{expected[0]} files / {expected[1]} bytes -> {got[0]} / {got[1]}")
-        ]
-        return integrity.IntegrityReport(
-            model=mv.model, version=mv.version, uri=mv.uri, files=expected[0],
-            size_bytes=expected[1], checksum="none", hashed=False, missing=missing,
-            changed=changed, requests=requests,
-            notes=["registered without a file manifest: checked file count and total size"],
-        )
-
-    def _read_manifest(
-        self, model: str, data_id: str, ref: dict[str, Any]
-    ) -> tuple[dict[str, Any] | None, str]:
-        key = self._manifest_key(model, data_id)
-        found = self._store.get(key)
-        if found is None:
-            return None, "the file manifest is missing (deleted?): nothing to check against"
-        if hashlib.sha256(found[0]).hexdigest() != ref.get("sha256"):
-            return None, "the file manifest changed since register (SHA-256 differs)"
-        try:
-            data = json.loads(found[0].decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise CorruptRegistryError(f"expected JSON in {self._store.uri(key)}: {exc}") from exc
-        if not isinstance(data, dict) or data.get("kind") != integrity.MANIFEST_KIND:
-            raise CorruptRegistryError(
-                f"expected a {integrity.MANIFEST_KIND!r} object in {self._store.uri(key)}"
-            )
-        return data, ""
 
     # ------------------------------------------------------------------ model cards
     @staticmethod
