@@ -199,6 +199,9 @@ def test_model_card_in_metadata_registry_and_cli(v2_runs, tmp_path, instance):
         assets, checks, resources = pipeline(v2_runs["success"], tmp_path,
                                              trd.WebhookTarget(receiver.url))
         first = dg.materialize(assets, resources=resources, instance=instance)
+        # The champion step alone again: same candidate (v1), which is the champion already.
+        again = dg.materialize(assets, resources=resources, instance=instance,
+                               selection=["champion"])
         # A second attempt with a worse candidate (the failed run's best loss is 0.5 > 0.4).
         os.environ["GUARDRAILS_RUN"] = v2_runs["failure"]
         try:
@@ -206,6 +209,8 @@ def test_model_card_in_metadata_registry_and_cli(v2_runs, tmp_path, instance):
                                     raise_on_error=False)
         finally:
             del os.environ["GUARDRAILS_RUN"]
+    kept = again.asset_materializations_for_node("champion")[0].metadata["model_card"].value
+    assert "**KEPT**" in kept and "already the champion" in kept
     meta = first.asset_materializations_for_node("champion")[0].metadata
     card = meta["model_card"].value
     assert card.startswith(f"## Model card: {MODEL} version 1 for `champion`")
@@ -219,6 +224,7 @@ def test_model_card_in_metadata_registry_and_cli(v2_runs, tmp_path, instance):
     assert "| loss | 0.5 | 0.4 | +0.1 |" in rejected, rejected
 
     registry = resources["checkpoint_registry"].registry
+    assert registry.card(MODEL, 1)["outcome"] == "promoted"  # the re-run kept its card
     curves = registry.card(MODEL, 1)["curves"]
     assert curves["marker_x"] == 1 and curves["x_label"] == "epoch"  # best loss at epoch 1
     assert curves["renderer"] == "matplotlib"

@@ -64,9 +64,11 @@ def write_card(
     decision: Any,
     thresholds: dict[str, tuple[float | None, float | None]],
     checkpoint: Any,
+    save: bool = True,
 ) -> dict[str, Any]:
-    """Build, save and return the card as metadata (``model_card``, ``model_card_uri``,
-    ``training_curves_uri``). Best effort: a card that cannot be saved is still shown."""
+    """Build, save (unless ``save=False``) and return the card as metadata (``model_card``,
+    ``model_card_uri``, ``training_curves_uri``). Best effort: a card that cannot be saved
+    is still shown."""
     core = getattr(registry, "registry", registry)
     run_uri = str(candidate.lineage.get("run_uri") or "")
     png, curves = _curves(run_uri, checkpoint, core, decision.metric,
@@ -85,15 +87,16 @@ def write_card(
                "history": f"/assets/{asset_path}?view=events"},
     )
     metadata: dict[str, Any] = {}
-    try:
-        metadata["model_card_uri"] = dg.MetadataValue.path(
-            core.save_card(model, candidate.version, card, png)
-        )
-        if png is not None:
-            picture = core.card_picture_uri(model, candidate.version)
-            metadata["training_curves_uri"] = dg.MetadataValue.path(picture)
-    except Exception as exc:  # noqa: BLE001 - the card is a view: it must never fail a promotion
-        context.log.warning(f"model card of {model} v{candidate.version} not saved: {exc}")
+    if save:
+        try:
+            metadata["model_card_uri"] = dg.MetadataValue.path(
+                core.save_card(model, candidate.version, card, png)
+            )
+            if png is not None:
+                picture = core.card_picture_uri(model, candidate.version)
+                metadata["training_curves_uri"] = dg.MetadataValue.path(picture)
+        except Exception as exc:  # noqa: BLE001 - the card is a view: it never fails a promotion
+            context.log.warning(f"model card of {model} v{candidate.version} not saved: {exc}")
     image = None
     if png is not None and len(png) <= _MAX_INLINE_PNG:
         image = "data:image/png;base64," + base64.b64encode(png).decode("ascii")

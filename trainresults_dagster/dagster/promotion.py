@@ -210,6 +210,8 @@ def build_promotion_asset(
                 context, registry, model=model, alias=alias, candidate=registered,
                 before=before, after=after, outcome=outcome, decision=decision,
                 thresholds=bounds, checkpoint=checkpoint,
+                # Re-materialising the champion itself keeps the card of its promotion.
+                save=not (before is not None and before.version == registered.version),
             ))
         return dg.MaterializeResult(
             value=after,
