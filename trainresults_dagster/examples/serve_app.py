@@ -1,7 +1,7 @@
 """The example's Ray Serve app: the champion behind an HTTP endpoint.
 
-Deployed declaratively (``import_path="trainresults_dagster.examples.serve_app:app"``, as
-``serve deploy`` would) by ``LocalServeTarget``; ``RayServeTarget`` then hands each new
+Deployed declaratively (``import_path="trainresults_dagster.examples.serve_app:build"``, an
+application builder, as ``serve deploy`` would) by ``LocalServeTarget``; ``RayServeTarget`` then hands each new
 champion over through the deployment's ``user_config``, and ``reconfigure`` loads it
 without restarting the replica. ``POST`` a JSON list of feature rows to get predictions;
 ``GET`` says what is loaded.
@@ -12,10 +12,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ray import serve
 
-
-@serve.deployment(ray_actor_options={"num_cpus": 0})  # leave the CPUs to training
 class ChampionServer:
     def __init__(self) -> None:
         self.predictor: Any = None
@@ -50,4 +47,10 @@ class ChampionServer:
         return answer
 
 
-app = ChampionServer.bind()
+def build(args: dict[str, Any]) -> Any:
+    """Serve's application builder: ray is imported only when Serve builds the app."""
+    from ray import serve
+
+    # num_cpus 0: the replica leaves the CPUs to training.
+    deployment = serve.deployment(ray_actor_options={"num_cpus": 0})(ChampionServer)
+    return deployment.options(name=str(args.get("name") or "ChampionServer")).bind()

@@ -21,7 +21,7 @@ from pydantic import Field
 import trainresults_dagster as trd
 from trainresults_dagster.errors import ServingTargetError
 
-IMPORT_PATH = "trainresults_dagster.examples.serve_app:app"
+IMPORT_PATH = "trainresults_dagster.examples.serve_app:build"
 ROUTE_PREFIX = "/champion"
 
 
@@ -59,6 +59,7 @@ class LocalServeTarget(trd.RayServeTarget):
                    if a.get("source") == "declarative" and a.get("deployed_app_config")]
         configs.append({
             "name": self.app_name, "route_prefix": ROUTE_PREFIX, "import_path": IMPORT_PATH,
+            "args": {"name": self.deployment_name},
             "deployments": [{"name": self.deployment_name, "user_config": {}}],
         })
         body: dict[str, Any] = {"applications": configs}
