@@ -225,6 +225,8 @@ def test_the_example_runs_end_to_end_on_s3(ray_session, moto, tmp_path, monkeypa
     select, promote, batch predictions and serving, every location in the bucket."""
     import importlib
 
+    from handoff_helpers import Receiver
+
     bucket = moto.new_bucket("demo")
     env = {"TRAINRESULTS_STORAGE": f"s3://{bucket}/demo", "TRAINRESULTS_EPOCHS": "2",
            "TRAINRESULTS_SEED": "7", "DAGSTER_HOME": str(tmp_path / "home"), **moto.env()}
@@ -233,14 +235,20 @@ def test_the_example_runs_end_to_end_on_s3(ray_session, moto, tmp_path, monkeypa
         monkeypatch.setenv(k, v)
     from trainresults_dagster.examples import definitions
 
-    demo = importlib.reload(definitions)
-    try:
-        run = dg.materialize(demo.demo_assets, resources=demo.resources(),
-                             instance=dg.DagsterInstance.get())
-    finally:
-        monkeypatch.undo()
-        importlib.reload(definitions)
+    # Serving through the webhook: the session's Ray Serve replicas run without the moto
+    # credentials (the example's own Ray inherits them; credentials never go in a config).
+    with Receiver() as receiver:
+        monkeypatch.setenv("TRAINRESULTS_WEBHOOK_URL", receiver.url)
+        demo = importlib.reload(definitions)
+        try:
+            run = dg.materialize(demo.demo_assets, resources=demo.resources(),
+                                 instance=dg.DagsterInstance.get())
+        finally:
+            monkeypatch.undo()
+            importlib.reload(definitions)
     assert run.success
+    handed = json.loads(receiver.requests[0]["body"])
+    assert handed["checkpoint_uri"].startswith(f"s3://{bucket}/demo/registry/")
     predictions = run.asset_materializations_for_node("batch_predictions")[-1].metadata
     assert predictions["dagster/row_count"].value == 20000
     assert predictions["trainresults/output_uri"].value.startswith(f"s3://{bucket}/demo/")
