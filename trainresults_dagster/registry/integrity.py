@@ -126,7 +126,8 @@ class IntegrityReport:
                else f"sizes and {label} from one listing")
         head = f"version {self.version} of {self.model!r} at {self.uri}"
         if self.ok:
-            return f"{head}: all {self.files} files intact ({how})"
+            what = "its 1 file" if self.files == 1 else f"all {self.files} files"
+            return f"{head}: {what} intact ({how})"
         return f"{head}: {self.problems()} (checked {how})"
 
     def to_dict(self) -> dict[str, Any]:
