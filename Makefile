@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo stress bench lint clean
+.PHONY: install browser test demo stress bench lint clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -15,7 +15,15 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/uv pip install --python $(BIN)/python -e '.[ray,test]'
 	touch $(STAMP)
 
-install: $(STAMP)
+# The browser test drives Debian's chromium (playwright cannot download browsers here).
+# Installed when missing and we are root; otherwise that one test skips and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium is missing and this is not root: tests/test_browser.py will skip"; fi; }
+
+install: $(STAMP) browser
 
 test: lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests

@@ -26,10 +26,15 @@ def demo_env(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def demo_runs(ray_session, demo_env):
-    """Materialise every example asset twice in one Dagster instance (same data seed)."""
+    """Materialise every example asset and check twice in one Dagster instance (same data
+    seed), serving from the example's local Ray Serve app."""
+    from conftest import free_port
+    from ray import serve
+
     mp = pytest.MonkeyPatch()
     for k, v in demo_env.items():
         mp.setenv(k, v)
+    mp.setenv("TRAINRESULTS_SERVE_PORT", str(free_port()))
     try:
         import importlib
 
@@ -38,23 +43,26 @@ def demo_runs(ray_session, demo_env):
         demo = importlib.reload(definitions)  # locations come from the environment
         instance = dg.DagsterInstance.get()
         runs = [
-            dg.materialize(demo.demo_assets, resources=demo.resources(), instance=instance,
-                           raise_on_error=False)
+            dg.materialize([*demo.demo_assets, *demo.demo_checks], resources=demo.resources(),
+                           instance=instance, raise_on_error=False)
             for _ in range(2)
         ]
         yield demo, instance, runs
     finally:
+        serve.shutdown()  # other modules start Serve with their own HTTP options
         mp.undo()
 
 
 def _passed(run):
-    return [e.passed for e in run.get_asset_check_evaluations()]
+    return {e.check_name: e.passed for e in run.get_asset_check_evaluations()}
 
 
 def test_first_run_promotes_and_hands_off(demo_runs):
     demo, _instance, (first, _second) = demo_runs
     assert first.success
-    assert _passed(first) == [True]
+    assert _passed(first) == {"promotion_gate": True, "champion_files": True,
+                              "champion_age": True, "champion_training_data": True,
+                              "serving_matches_champion": True}
     registry = demo.resources()["checkpoint_registry"]
     champion = registry.get(demo.MODEL)
     assert champion.version == 1 and champion.checkpoint.exists()
@@ -67,11 +75,34 @@ def test_first_run_promotes_and_hands_off(demo_runs):
 
 def test_second_run_without_improvement_keeps_the_champion(demo_runs):
     demo, _instance, (_first, second) = demo_runs
-    assert _passed(second) == [False]
+    assert _passed(second) == {"promotion_gate": False}  # the rest waits behind the gate
     assert not second.asset_materializations_for_node("batch_predictions")  # gated
     registry = demo.resources()["checkpoint_registry"]
     assert registry.get(demo.MODEL).version == 1
     assert [v.version for v in registry.versions(demo.MODEL)] == [1, 2]
+
+
+def test_the_served_champion_answers_and_the_guardrails_run_against_it(demo_runs):
+    demo, instance, (first, _second) = demo_runs
+    resources = demo.resources()
+    target = resources["serving_target"]
+    answer = target.query([{"x0": 1.0, "x1": -0.5, "x2": 0.25, "x3": 0.0}])
+    assert (answer["model"], answer["version"]) == (demo.MODEL, 1)
+    assert answer["predictions"][0]["prediction"] in (0, 1)
+    assert 0.0 <= answer["predictions"][0]["probability"] <= 1.0
+    deployment = first.output_for_node("serving")["deployment"]
+    assert deployment["deployed"]["version"] == 1 and deployment["url"] == target.url()
+
+    later = dg.materialize([*demo.demo_assets, *demo.demo_checks], resources=resources,
+                           instance=instance, selection=dg.AssetSelection.checks(*demo.demo_checks))
+    found = {e.check_name: e for e in later.get_asset_check_evaluations()}
+    assert found["serving_matches_champion"].passed
+    assert "LocalServeTarget reports version 1" in found["serving_matches_champion"].description
+    assert found["champion_files"].passed and found["champion_age"].passed
+    # The second run materialised new training data; the champion was trained on the first.
+    assert not found["champion_training_data"].passed
+    card = first.asset_materializations_for_node("champion")[-1].metadata["model_card"].value
+    assert "data:image/png;base64," in card and "val_loss" in card
 
 
 def test_cli_on_the_demo_run(demo_runs, demo_env):
@@ -194,6 +225,8 @@ def test_the_example_runs_end_to_end_on_s3(ray_session, moto, tmp_path, monkeypa
     select, promote, batch predictions and serving, every location in the bucket."""
     import importlib
 
+    from handoff_helpers import Receiver
+
     bucket = moto.new_bucket("demo")
     env = {"TRAINRESULTS_STORAGE": f"s3://{bucket}/demo", "TRAINRESULTS_EPOCHS": "2",
            "TRAINRESULTS_SEED": "7", "DAGSTER_HOME": str(tmp_path / "home"), **moto.env()}
@@ -202,14 +235,20 @@ def test_the_example_runs_end_to_end_on_s3(ray_session, moto, tmp_path, monkeypa
         monkeypatch.setenv(k, v)
     from trainresults_dagster.examples import definitions
 
-    demo = importlib.reload(definitions)
-    try:
-        run = dg.materialize(demo.demo_assets, resources=demo.resources(),
-                             instance=dg.DagsterInstance.get())
-    finally:
-        monkeypatch.undo()
-        importlib.reload(definitions)
+    # Serving through the webhook: the session's Ray Serve replicas run without the moto
+    # credentials (the example's own Ray inherits them; credentials never go in a config).
+    with Receiver() as receiver:
+        monkeypatch.setenv("TRAINRESULTS_WEBHOOK_URL", receiver.url)
+        demo = importlib.reload(definitions)
+        try:
+            run = dg.materialize(demo.demo_assets, resources=demo.resources(),
+                                 instance=dg.DagsterInstance.get())
+        finally:
+            monkeypatch.undo()
+            importlib.reload(definitions)
     assert run.success
+    handed = json.loads(receiver.requests[0]["body"])
+    assert handed["checkpoint_uri"].startswith(f"s3://{bucket}/demo/registry/")
     predictions = run.asset_materializations_for_node("batch_predictions")[-1].metadata
     assert predictions["dagster/row_count"].value == 20000
     assert predictions["trainresults/output_uri"].value.startswith(f"s3://{bucket}/demo/")

@@ -57,3 +57,14 @@ def test_alerts_doc_snippets():
     dg.Definitions.validate_loadable(namespace["defs"])
     for i, block in enumerate(blocks[1:], start=2):  # need optional packages (dagster-slack)
         compile(block, f"alerts_and_retraining.md#{i}", "exec")
+
+
+def test_guardrails_snippet_adds_the_checks():
+    namespace: dict = {}
+    exec(compile(_snippets()[0], "README.md#definitions", "exec"), namespace)
+    exec(compile(_snippets()[3], "README.md#guardrails", "exec"), namespace)
+    defs = namespace["defs"]
+    dg.Definitions.validate_loadable(defs)
+    names = {c.check_key.name for c in namespace["checks"]}
+    assert names == {"champion_files", "champion_age"}
+    assert defs.resolve_job_def("guardrails") is not None

@@ -207,6 +207,9 @@ def test_sigkill_mid_copy_leaves_no_visible_version(kind, tmp_path, request):
     assert done.version == 1 and done.num_files == files and done.size_bytes == files * size
     removed = reg.collect_garbage(model, older_than_seconds=0)
     assert removed and all(done.uri != r for r in removed)
-    remaining = {i.path.rsplit("/", 1)[0] for i in _data_files(reg.filesystem, data_root)}
+    left = _data_files(reg.filesystem, data_root)
+    manifests = [i.path for i in left if i.path.endswith(".files.json")]
+    assert manifests == [done.checkpoint.path + ".files.json"]  # the orphan had none yet
+    remaining = {i.path.rsplit("/", 1)[0] for i in left if i.path not in manifests}
     assert remaining == {done.checkpoint.path}
     assert len(_data_files(reg.filesystem, done.checkpoint.path)) == files

@@ -254,3 +254,33 @@ def test_ray_serve_target_names_what_is_missing(serve_app):
     nobody = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(trd.ServingTargetError, match="connect to the Ray dashboard"):
         trd.RayServeTarget("handoff", "ModelServer", address=nobody).deploy(manifest)
+
+
+def test_ray_serve_target_reports_what_runs_and_the_drift_check_compares(
+    serve_app, registry, tmp_path
+):
+    from trainresults_dagster.dagster.guardrails import DRIFT_CHECK
+
+    target = trd.RayServeTarget("handoff", "ModelServer", address=serve_app.dashboard)
+    registry.promote("m", 2)
+    champion = registry.get("m")
+    assets, resources = serving_defs(registry, tmp_path, target)
+    checks = trd.build_champion_checks("champion", model="m", serving_asset=assets[1])
+    resources["checkpoint_registry"] = registry
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize([*assets, *checks], resources=resources, instance=instance)
+    record = result.output_for_node("served_model")["deployment"]
+    assert record["deployed"] == {"checkpoint_uri": champion.uri, "model": "m", "version": 2}
+    assert target.running() == record["deployed"]
+    drift = {e.check_name: e for e in result.get_asset_check_evaluations()}[DRIFT_CHECK]
+    assert drift.passed and "RayServeTarget reports version 2" in drift.description
+
+    # The alias moves without a hand-off: the live user_config still names version 2.
+    registry.rollback("m", reason="test drift")
+    later = dg.materialize([*assets, *checks], resources=resources, instance=instance,
+                           selection=dg.AssetSelection.checks(*checks), raise_on_error=False)
+    drift = {e.check_name: e for e in later.get_asset_check_evaluations()}[DRIFT_CHECK]
+    assert not drift.passed and drift.severity == dg.AssetCheckSeverity.ERROR
+    assert "RayServeTarget reports m version 2" in drift.description
+    assert "points at version 1" in drift.description
+    assert get_json(serve_app.url)["version"] == 2  # the check only looks

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from trainresults_dagster._version import __version__
 from trainresults_dagster.errors import (
     BatchInferenceError,
+    CheckpointIntegrityError,
     CheckpointMissingError,
     CorruptDataError,
     CorruptOutputError,
@@ -53,6 +54,7 @@ from trainresults_dagster.storage import S3Settings
 
 if TYPE_CHECKING:
     from trainresults_dagster.dagster.best_checkpoint import build_best_checkpoint_asset
+    from trainresults_dagster.dagster.guardrails import build_champion_checks
     from trainresults_dagster.dagster.handoff import (
         build_batch_inference_asset,
         build_serving_asset,
@@ -81,6 +83,7 @@ _LAZY = {
     "JsonIOManager": "trainresults_dagster.dagster.json_io_manager",
     "build_best_checkpoint_asset": "trainresults_dagster.dagster.best_checkpoint",
     "build_promotion_asset": "trainresults_dagster.dagster.promotion",
+    "build_champion_checks": "trainresults_dagster.dagster.guardrails",
     "RayTrainResultIOManager": "trainresults_dagster.dagster.io_manager",
     "build_batch_inference_asset": "trainresults_dagster.dagster.handoff",
     "build_serving_asset": "trainresults_dagster.dagster.handoff",
@@ -112,6 +115,7 @@ __all__ = [
     "AliasEvent",
     "BatchInferenceError",
     "Checkpoint",
+    "CheckpointIntegrityError",
     "CheckpointMissingError",
     "CheckpointRegistry",
     "CorruptDataError",
@@ -147,6 +151,7 @@ __all__ = [
     "__version__",
     "build_batch_inference_asset",
     "build_best_checkpoint_asset",
+    "build_champion_checks",
     "build_failed_run_sensor",
     "build_promotion_asset",
     "build_retraining_schedule",

@@ -3,11 +3,14 @@
     trainresults inspect URI [--json]
     trainresults best URI --metric M --mode min|max [--ties latest|earliest] [--json]
     trainresults registry --base PATH list|show|promote|rollback|history ...
+    trainresults registry --base PATH verify MODEL [--alias A | --version V] [--hashes]
+    trainresults registry --base PATH card MODEL VERSION
 
 S3 locations use the standard AWS environment (``AWS_ACCESS_KEY_ID``, ``AWS_REGION``,
 ``AWS_ENDPOINT_URL`` for S3-compatible stores). Exit codes: 0 ok, 2 usage, 3 bad or missing
 input (the message says what and where), 4 nothing eligible (no finite metric), 5 promotion
-conflict.
+conflict, 6 a version's files are missing or changed (``verify``; ``rollback`` refuses such
+a target).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 
 from trainresults_dagster.runs.metrics import flatten_metrics
 
-EXIT_OK, EXIT_USAGE, EXIT_INPUT, EXIT_NONE_ELIGIBLE, EXIT_CONFLICT = 0, 2, 3, 4, 5
+EXIT_OK, EXIT_USAGE, EXIT_INPUT, EXIT_NONE_ELIGIBLE, EXIT_CONFLICT, EXIT_INTEGRITY = 0, 2, 3, 4, 5, 6
 
 
 def _filesystem(uri: str) -> Any:
@@ -134,8 +137,35 @@ def _version_dict(mv: Any) -> dict[str, Any]:
     return mv.to_dict() if hasattr(mv, "to_dict") else dict(mv)
 
 
+def cmd_verify(reg: Any, args: argparse.Namespace) -> int:
+    report = reg.verify(args.model, args.version, alias=args.alias, hashes=args.hashes)
+    if args.json:
+        print(json.dumps(report.to_dict(), default=str, indent=2))
+    else:
+        print(("ok      " if report.ok else "FAILED  ") + report.summary())
+        for note in report.notes:
+            print(f"note    {note}")
+    return EXIT_OK if report.ok else EXIT_INTEGRITY
+
+
+def cmd_card(reg: Any, args: argparse.Namespace) -> int:
+    from .registry.card import card_from_version, render_markdown
+
+    card = reg.card(args.model, args.version)
+    if card is None:
+        mv = reg.get_version(args.model, args.version)
+        card = card_from_version(mv, alias=args.alias, registry_uri=reg.uri,
+                                 history=reg.history(args.model, args.alias, limit=5))
+    print(render_markdown(card, image=card.get("picture")))
+    return EXIT_OK
+
+
 def cmd_registry(args: argparse.Namespace) -> int:
     reg = _registry(args)
+    if args.action == "verify":
+        return cmd_verify(reg, args)
+    if args.action == "card":
+        return cmd_card(reg, args)
     if args.action == "list":
         rows = [_version_dict(v) for v in reg.versions(args.model)]
         if args.json:
@@ -204,6 +234,17 @@ def build_parser() -> argparse.ArgumentParser:
             a.add_argument("--expected-version", type=int, default=None,
                            help="compare-and-set: the version the alias must point at now")
             a.add_argument("--reason", default="promoted from the command line")
+    a = rsub.add_parser("verify", help="check a version's files against what register recorded")
+    a.add_argument("model")
+    a.add_argument("--alias", default="champion", help="the version this alias points at")
+    a.add_argument("--version", type=int, default=None, help="this version instead")
+    a.add_argument("--hashes", action="store_true",
+                   help="also read and hash every file (default: sizes and store checksums "
+                   "from one listing)")
+    a = rsub.add_parser("card", help="the model card of a version, as Markdown")
+    a.add_argument("model")
+    a.add_argument("version", type=int)
+    a.add_argument("--alias", default="champion", help="for a version no promotion evaluated")
     p.set_defaults(func=cmd_registry)
     return parser
 

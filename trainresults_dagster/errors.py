@@ -52,6 +52,10 @@ class CheckpointMissingError(TrainResultsError, FileNotFoundError):
     """A checkpoint named by the run's snapshot (or a manifest) is gone from storage."""
 
 
+class CheckpointIntegrityError(CheckpointMissingError):
+    """A registered version's files are missing or differ from what ``register`` recorded."""
+
+
 class NoEligibleCheckpointError(TrainResultsError, ValueError):
     """No checkpoint has a finite numeric value for the requested metric."""
 

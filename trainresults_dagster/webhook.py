@@ -254,6 +254,33 @@ def post_json(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def get_json(url: str, *, timeout: float = 10.0) -> Any:
+    """GET ``url`` and parse its JSON body (no redirects, one attempt). Raises
+    ``WebhookError`` naming the status and a body excerpt when it fails."""
+    scheme = urllib.parse.urlsplit(url).scheme
+    if scheme not in ("http", "https"):
+        raise ValueError(f"expected an http:// or https:// URL, got {redact_url(url)!r}")
+    shown = redact_url(url)
+    request = urllib.request.Request(url, headers={"Accept": "application/json",
+                                                   "User-Agent": "trainresults-dagster"})
+    status: int | None = None
+    try:
+        with _OPENER.open(request, timeout=timeout) as response:
+            text = _read_text(response)
+            status = response.status
+        return json.loads(text)
+    except urllib.error.HTTPError as exc:
+        status, text = exc.code, _read_text(exc)
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+        text = f"{type(getattr(exc, 'reason', exc)).__name__}: {getattr(exc, 'reason', exc)}"
+    except ValueError as exc:
+        text = f"not JSON: {exc}"
+    what = f"HTTP {status}" if status is not None else "no response"
+    excerpt = _excerpt(text, None)
+    raise WebhookError(f"GET {shown} failed with {what}: {excerpt!r}", status=status,
+                       body_excerpt=excerpt, url=shown)
+
+
 def _read_text(response: Any) -> str:
     try:
         return response.read(64 * 1024).decode("utf-8", "replace")

@@ -208,10 +208,15 @@ class Case:
         removed = registry.collect_garbage(MODEL, older_than_seconds=0)
         tally["crash orphans removed by garbage collection"] += len(removed)
         left = {i.base_name for i in storage.list_dir(registry.filesystem, data)}
-        assert left == {v.checkpoint.name for v in registry.versions(MODEL)}
+        hidden = {n for n in left if n.startswith(".")}  # a killed create's temp file
+        names = {v.checkpoint.name for v in registry.versions(MODEL)}
+        # Each version's data folder and its file manifest; nothing else survives GC.
+        assert left - hidden == names | {f"{n}.files.json" for n in names}
+        for v in registry.versions(MODEL):
+            assert registry.verify(MODEL, v.version, hashes=True).ok
         if self.moto is None:
             folder = os.path.join(self.base, MODEL, "versions")
-            tally["crash orphans ignored (hidden temp files)"] += sum(
+            tally["crash orphans ignored (hidden temp files)"] += len(hidden) + sum(
                 n.startswith(".") for n in os.listdir(folder))
         return "after" if count == 2 else "before"
 

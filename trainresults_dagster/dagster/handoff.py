@@ -136,6 +136,7 @@ def build_serving_asset(
         required_resource_keys={target_key},
         group_name=group_name,
         description=description or f"The model served through the {target_key!r} resource.",
+        metadata={"trainresults/target_key": target_key},  # read by the drift check
     )
     def _serving(context: dg.AssetExecutionContext, model: Any) -> dg.Output[dict]:
         target = getattr(context.resources, target_key)

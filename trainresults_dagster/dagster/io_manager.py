@@ -177,10 +177,14 @@ class RayTrainResultIOManager(dg.ConfigurableIOManager):
         )
         if failed:
             raise _failure(result, stored)
-        context.add_output_metadata(
-            result_metadata(result, manifest_uri=stored.manifest_uri,
-                            checkpoint_uris=stored.checkpoint_uris, log=context.log)
-        )
+        metadata = result_metadata(result, manifest_uri=stored.manifest_uri,
+                                   checkpoint_uris=stored.checkpoint_uris, log=context.log)
+        if self.checkpoints == "reference":
+            warning = retention_warning(result)
+            if warning:
+                context.log.warning(warning)
+                metadata["trainresults/retention_warning"] = dg.MetadataValue.text(warning)
+        context.add_output_metadata(metadata)
 
     # ------------------------------------------------------------------ input
     def load_input(self, context: dg.InputContext) -> Any:
@@ -216,6 +220,34 @@ class RayTrainResultIOManager(dg.ConfigurableIOManager):
 def _as_train_result(obj: Any, context: dg.OutputContext) -> TrainResult:
     where = context.asset_key.to_user_string() if context.has_asset_key else context.name
     return as_train_result(obj, what=f"the output of {where}")
+
+
+def retention_warning(result: TrainResult) -> str | None:
+    """Why a referenced checkpoint of ``result`` may vanish, or None.
+
+    ``checkpoints="reference"`` stores URIs into the run. Ray's ``num_to_keep`` (the
+    ``RunRecorder`` keeps the run's ``CheckpointConfig``) deletes a checkpoint each time the
+    run reports one more than it keeps: while it still runs, and when a run of the same
+    name resumes. Nothing is at risk without a limit, or when the run is not recorded.
+    """
+    record = result.record
+    keep = (record.checkpoint_config or {}).get("num_to_keep") if record is not None else None
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1 or not result.checkpoints:
+        return None
+    score = (record.checkpoint_config or {}).get("score_attribute") if record else None
+    order = "lowest-scored by " + str(score) if score else "oldest"
+    first = result.best_checkpoints[0][0].name if result.best_checkpoints else None
+    status = record.status if record is not None else result.status
+    when = ("the run is still running" if status == "running"
+            else f"a run of the same name resumes (status {status!r})")
+    return (
+        f"checkpoints='reference' with Ray's num_to_keep={keep}: run {result.uri} keeps "
+        f"{len(result.checkpoints)} checkpoint(s), and Ray deletes the {order} one whenever "
+        f"{when} and reports another" + (f" ({first} goes first)" if first else "")
+        + ". Downstream assets that reference it would then point at nothing. Use "
+        "checkpoints='copy', or register the checkpoint you need (build_promotion_asset "
+        "copies it into the registry)."
+    )
 
 
 def _failure(result: TrainResult, stored: StoredVersion) -> dg.Failure:

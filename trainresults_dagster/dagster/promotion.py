@@ -14,7 +14,9 @@ from typing import Any, Literal
 import dagster as dg
 
 from trainresults_dagster.dagster._wiring import asset_key, partitions_of
+from trainresults_dagster.dagster.card import write_card
 from trainresults_dagster.dagster.json_io_manager import JSON_IO_MANAGER_KEY
+from trainresults_dagster.dagster.lineage import upstream_lineage
 from trainresults_dagster.errors import CheckpointMissingError, PromotionConflict
 from trainresults_dagster.registry.gate import (
     GateDecision,
@@ -27,6 +29,10 @@ from trainresults_dagster.runs.coerce import as_checkpoint
 from trainresults_dagster.runs.metrics import validate_metric, validate_mode
 
 GATE_CHECK_NAME = "promotion_gate"
+#: Definition metadata of a promotion asset, read by ``build_champion_checks``.
+MODEL_KEY, ALIAS_KEY, REGISTRY_KEY, METRIC_KEY = (
+    "trainresults/model", "trainresults/alias", "trainresults/registry_key", "trainresults/metric"
+)
 _CONFLICT_RETRIES = 3
 
 
@@ -72,6 +78,8 @@ def build_promotion_asset(
     io_manager_key: str = JSON_IO_MANAGER_KEY,
     partitions_def: dg.PartitionsDefinition | None = None,
     group_name: str | None = None,
+    freshness_policy: dg.FreshnessPolicy | None = None,
+    model_card: bool = True,
 ) -> dg.AssetsDefinition:
     """An asset that registers ``candidate_asset``'s checkpoint as a new version of ``model``
     and moves ``alias`` to it only if it passes ``thresholds`` and beats the current holder
@@ -82,6 +90,15 @@ def build_promotion_asset(
     comparison, or failed with the reason, in which case the alias is untouched and
     nothing downstream runs. Re-materialising with the same candidate reuses its version
     and keeps the alias where it is.
+
+    Every attempt also writes a model card (``model_card=True``): candidate vs champion
+    metrics, each gate decision with its threshold, lineage (Ray run, Dagster run,
+    partition, code version, the upstream materialisations it was trained from) and a PNG
+    of the candidate's training curves, shown as the ``model_card`` metadata entry and kept
+    in the registry (``trainresults registry card MODEL VERSION``). ``freshness_policy``
+    (e.g. ``dg.FreshnessPolicy.time_window(fail_window=timedelta(days=8))``) lets Dagster's
+    freshness daemon flag the asset when no promotion attempt ran in that window;
+    ``build_champion_checks`` adds the checks on the champion itself.
     """
     validate_name(model, what="model name")
     validate_name(alias, what="alias")
@@ -106,18 +123,29 @@ def build_promotion_asset(
         group_name=group_name,
         description=f"The {alias!r} version of model {model!r} after gating "
                     f"{upstream.to_user_string()}.",
+        # Read by build_champion_checks, so the checks need not be told again.
+        metadata={MODEL_KEY: model, ALIAS_KEY: alias, REGISTRY_KEY: registry_key,
+                  METRIC_KEY: metric},
+        freshness_policy=freshness_policy,
     )
     # No return annotation: Dagster reads "-> MaterializeResult" as a Nothing-typed output
     # and would then refuse the ModelVersion value.
     def _promotion(context: dg.AssetExecutionContext, candidate: Any):
         registry = getattr(context.resources, registry_key)
         checkpoint = as_checkpoint(candidate, what=f"input {upstream.to_user_string()!r}")
+        partition = context.partition_key if context.has_partition_key else None
+        run_uri = _upstream_run_uri(context, upstream) or checkpoint.uri.rsplit("/", 1)[0]
+        inputs = _upstream(context, upstream, partition)
         lineage = {
-            "run_uri": _upstream_run_uri(context, upstream) or checkpoint.uri.rsplit("/", 1)[0],
+            "run_uri": run_uri,
             "dagster_run_id": context.run.run_id,
             "asset_key": context.asset_key.to_user_string(),
             "candidate_asset": upstream.to_user_string(),
-            "partition_key": context.partition_key if context.has_partition_key else None,
+            "partition_key": partition,
+            # The training asset's code version: the input whose URI is the Ray run.
+            "code_version": next((e["code_version"] for e in inputs if e.get("uri") == run_uri),
+                                 inputs[0]["code_version"] if inputs else None),
+            "upstream": inputs,
         }
         try:
             registered = registry.register(
@@ -177,6 +205,14 @@ def build_promotion_asset(
         if after is not None:
             metadata["champion_version"] = after.version
             metadata["champion_uri"] = dg.MetadataValue.path(after.uri)
+        if model_card:
+            metadata.update(write_card(
+                context, registry, model=model, alias=alias, candidate=registered,
+                before=before, after=after, outcome=outcome, decision=decision,
+                thresholds=bounds, checkpoint=checkpoint,
+                # Re-materialising the champion itself keeps the card of its promotion.
+                save=not (before is not None and before.version == registered.version),
+            ))
         return dg.MaterializeResult(
             value=after,
             metadata=metadata,
@@ -190,6 +226,16 @@ def build_promotion_asset(
         )
 
     return _promotion
+
+
+def _upstream(
+    context: dg.AssetExecutionContext, upstream: dg.AssetKey, partition: str | None
+) -> list[dict[str, Any]]:
+    try:
+        return upstream_lineage(context.instance, upstream, partition)
+    except Exception as exc:  # noqa: BLE001 - lineage enrichment must never fail a promotion
+        context.log.warning(f"could not read the lineage of {upstream.to_user_string()}: {exc}")
+        return []
 
 
 def _upstream_run_uri(context: dg.AssetExecutionContext, upstream: dg.AssetKey) -> str | None:

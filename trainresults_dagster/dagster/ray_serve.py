@@ -2,8 +2,11 @@
 
 A target is a Dagster resource with ``deploy(manifest: dict) -> dict``: it receives the
 hand-off manifest (``model``, ``version``, ``checkpoint_uri``, ``metrics``, ``lineage`` ...),
-makes the serving side use it, and returns a JSON-able record of what it did. Any resource
-with that one method is a target.
+makes the serving side use it, and returns a JSON-able record of what it did (with
+``deployed``: the ``model``/``version``/``checkpoint_uri`` it handed on). Any resource with
+that one method is a target. A target that can be asked what runs now also has
+``running() -> dict | None`` (``{}``: nothing; None: cannot tell), which the
+``serving_matches_champion`` check compares with the alias.
 
 * ``RayServeTarget`` changes one deployment's ``user_config`` through the Serve REST API
   (``GET``/``PUT /api/serve/applications/`` on the Ray dashboard, as ``serve deploy`` does,
@@ -103,6 +106,14 @@ class RayServeTarget(dg.ConfigurableResource):
         _, app = self._app(self._call(client.get_serve_details, "read the Serve config"))
         return dict(self._live_user_config(app))
 
+    def running(self) -> dict[str, Any]:
+        """What the deployment runs now, from its live ``user_config`` (one GET of the Serve
+        REST API): ``{"model", "version", "checkpoint_uri"}``, or ``{}`` if none was set."""
+        live = self.current_user_config()
+        if not live.get("checkpoint_uri"):
+            return {}
+        return {k: live.get(k) for k in USER_CONFIG_KEYS}
+
     def deploy(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
         """Set ``checkpoint_uri``/``model``/``version`` in the user_config; wait for replicas."""
         client = self._client()
@@ -123,6 +134,7 @@ class RayServeTarget(dg.ConfigurableResource):
             "address": redact_url(self.dashboard_address),
             "app_name": self.app_name,
             "deployment_name": self.deployment_name,
+            "deployed": {k: wanted.get(k) for k in USER_CONFIG_KEYS},
             "user_config": wanted,
             "previous_user_config": previous,
             "changed": changed,

@@ -18,6 +18,7 @@ from pydantic import Field, PrivateAttr, field_validator
 
 import trainresults_dagster.storage as storage
 from trainresults_dagster.dagster._wiring import s3_settings
+from trainresults_dagster.registry.integrity import IntegrityReport
 from trainresults_dagster.registry.model_version import AliasEvent, ModelVersion
 from trainresults_dagster.registry.registry import Registry, default_who
 
@@ -161,8 +162,21 @@ class CheckpointRegistry(dg.ConfigurableResource):
     def versions(self, model: str) -> list[ModelVersion]:
         return self.registry.versions(model)
 
-    def history(self, model: str, alias: str = "champion") -> list[AliasEvent]:
-        return self.registry.history(model, alias)
+    def history(
+        self, model: str, alias: str = "champion", *, limit: int | None = None
+    ) -> list[AliasEvent]:
+        return self.registry.history(model, alias, limit=limit)
+
+    def verify(
+        self, model: str, version: int | None = None, *, alias: str = "champion",
+        hashes: bool = False,
+    ) -> IntegrityReport:
+        """Check a version's files against its manifest (see ``Registry.verify``)."""
+        return self.registry.verify(model, version, alias=alias, hashes=hashes)
+
+    def card(self, model: str, version: int) -> dict[str, Any] | None:
+        """The latest model card of ``version`` (see ``build_promotion_asset``)."""
+        return self.registry.card(model, version)
 
     def models(self) -> list[str]:
         return self.registry.models()

@@ -14,7 +14,8 @@ from typing import Any, Protocol, runtime_checkable
 import dagster as dg
 from pydantic import Field, field_validator
 
-from trainresults_dagster.webhook import post_json, redact_url
+from trainresults_dagster.errors import WebhookError
+from trainresults_dagster.webhook import get_json, post_json, redact_url
 
 
 class SignedWebhook(dg.ConfigurableResource):
@@ -86,6 +87,19 @@ class WebhookTarget(SignedWebhook):
         description="http(s) URL of your deployer's hand-off endpoint. Use dg.EnvVar for URLs "
         "that embed a token."
     )
+    status_url: str | None = Field(
+        default=None,
+        description="Optional http(s) URL that answers GET with what your deployer runs now, "
+        "as JSON with model, version and checkpoint_uri. Without it the drift check compares "
+        "the alias with the last hand-off this target acknowledged (2xx).",
+    )
+
+    @field_validator("status_url", mode="before")
+    @classmethod
+    def _http_status_url(cls, value: Any) -> Any:
+        if value is None or isinstance(value, dg.EnvVar) or not isinstance(value, str):
+            return value
+        return cls._http_url(value)
 
     def deploy(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
         response = self._post({"event": "model_handoff", **manifest})
@@ -96,7 +110,22 @@ class WebhookTarget(SignedWebhook):
             "attempts": response.attempts,
             "delivery_id": response.delivery_id,
             "signed": bool(self.secret),
+            "deployed": {k: manifest.get(k) for k in ("model", "version", "checkpoint_uri")},
         }
+
+    def running(self) -> dict[str, Any] | None:
+        """What the deployer says it runs (GET ``status_url``), or None without one: then
+        only the last acknowledged hand-off is known (the serving asset keeps it)."""
+        if not self.status_url:
+            return None
+        data = get_json(self.status_url, timeout=self.timeout_seconds)
+        if not isinstance(data, dict):
+            raise WebhookError(
+                f"expected a JSON object from {redact_url(self.status_url)}, got "
+                f"{type(data).__name__}", status=200, body_excerpt=str(data)[:200],
+                url=redact_url(self.status_url),
+            )
+        return {k: data.get(k) for k in ("model", "version", "checkpoint_uri")} if data else {}
 
 
 ALERT_ID_HEADER = "X-Alert-ID"

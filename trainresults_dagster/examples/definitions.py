@@ -14,7 +14,10 @@ against S3 by setting a few of them:
 ``RAY_ADDRESS``
     Train on an existing Ray cluster instead of a local Ray.
 ``TRAINRESULTS_WEBHOOK_URL`` / ``TRAINRESULTS_WEBHOOK_SECRET``
-    Serving hand-off target (a signed webhook). Unset: the serving step says so and skips.
+    Serving hand-off target (a signed webhook). Unset: the champion is served by a Ray
+    Serve app on the local Ray (``examples/serving.py``), deployed on the first hand-off.
+``TRAINRESULTS_SERVE_PORT``
+    HTTP port of that Serve app (default 8000).
 ``TRAINRESULTS_ALERT_URL`` / ``TRAINRESULTS_ALERT_SECRET``
     Where failure alerts go. Unset: alerts are written to the sensor's log.
 ``TRAINRESULTS_EPOCHS``
@@ -24,6 +27,7 @@ against S3 by setting a few of them:
 """
 
 
+import datetime as dt
 import os
 import zlib
 from typing import Any
@@ -35,6 +39,7 @@ from pydantic import Field
 import trainresults_dagster as trd
 import trainresults_dagster.storage as storage
 from trainresults_dagster.examples.model import Predictor, make_dataset
+from trainresults_dagster.examples.serving import LocalServeTarget
 
 MODEL = "demo-classifier"
 
@@ -144,6 +149,8 @@ champion = trd.build_promotion_asset(
     min_improvement=0.001,
     thresholds={"val_accuracy": (0.7, None)},
     group_name="demo",
+    # Retraining is weekly: Dagster's freshness daemon flags a week without an attempt.
+    freshness_policy=dg.FreshnessPolicy.time_window(fail_window=dt.timedelta(days=8)),
 )
 batch_predictions = trd.build_batch_inference_asset(
     "batch_predictions",
@@ -158,6 +165,11 @@ batch_predictions = trd.build_batch_inference_asset(
 serving = trd.build_serving_asset("serving", model_asset=champion, group_name="demo")
 
 demo_assets = [training_data, trained_model, best_checkpoint, champion, batch_predictions, serving]
+#: Files intact, promoted within 8 days, trained on the latest data, serving the champion.
+demo_checks = trd.build_champion_checks(
+    champion, max_age=dt.timedelta(days=8), training_data_asset=training_data,
+    serving_asset=serving,
+)
 
 # --------------------------------------------------------------------- automation
 retrain_job = dg.define_asset_job(
@@ -166,6 +178,10 @@ retrain_job = dg.define_asset_job(
 )
 weekly_retraining = trd.build_retraining_schedule(
     "weekly_retraining", target=retrain_job, cron_schedule="0 3 * * 1"
+)
+guardrails_job = dg.define_asset_job("guardrails", selection=dg.AssetSelection.checks(*demo_checks))
+hourly_guardrails = dg.ScheduleDefinition(
+    name="hourly_guardrails", job=guardrails_job, cron_schedule="0 * * * *"
 )
 failed_ray_runs = trd.build_failed_run_sensor(
     "failed_ray_runs", storage_path=location("ray"), job=retrain_job,
@@ -188,21 +204,6 @@ class LogAlertSink(dg.ConfigurableResource):
         import logging
 
         logging.getLogger(self.logger_name).warning("ALERT %s", json.dumps(alert, default=str))
-
-
-class NoServingTarget(dg.ConfigurableResource):
-    """Serving target used when no webhook URL is configured: records a skip and says why."""
-
-    reason: str = Field(description="Why nothing is deployed; shown in the asset's metadata.")
-
-    def deploy(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        import logging
-
-        logging.getLogger("trainresults.serving").warning(
-            "serving hand-off of %s v%s skipped: %s",
-            manifest.get("model"), manifest.get("version"), self.reason,
-        )
-        return {"status": "skipped", "reason": self.reason}
 
 
 def resources() -> dict[str, Any]:
@@ -228,17 +229,18 @@ def resources() -> dict[str, Any]:
             secret=os.environ.get("TRAINRESULTS_WEBHOOK_SECRET") and dg.EnvVar("TRAINRESULTS_WEBHOOK_SECRET"),
         )
     else:
-        out["serving_target"] = NoServingTarget(
-            reason="TRAINRESULTS_WEBHOOK_URL is not set: set it to a webhook URL to hand the "
-            "champion to your serving system"
+        out["serving_target"] = LocalServeTarget(
+            app_name="champion", deployment_name="ChampionServer",
+            http_port=int(os.environ.get("TRAINRESULTS_SERVE_PORT") or 8000),
         )
     return out
 
 
 defs = dg.Definitions(
     assets=demo_assets,
-    jobs=[retrain_job],
-    schedules=[weekly_retraining],
+    asset_checks=demo_checks,
+    jobs=[retrain_job, guardrails_job],
+    schedules=[weekly_retraining, hourly_guardrails],
     sensors=[failed_ray_runs, training_failures],
     resources=resources(),
 )

@@ -31,6 +31,30 @@ def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _guardrails(demo: Any, resources: dict[str, Any], instance: Any, first: Any) -> dict[str, Any]:
+    """Every check's latest evaluation: from the pipeline run, and for the checks it skipped
+    (a rejected candidate stops the run at the gate) from a checks-only run, as the
+    ``hourly_guardrails`` schedule would."""
+    import dagster as dg
+
+    found = {e.check_name: e for e in first.get_asset_check_evaluations()}
+    missing = [c for c in demo.demo_checks if not any(k.name in found for k in c.check_keys)]
+    if missing:
+        later = dg.materialize([*demo.demo_assets, *demo.demo_checks], resources=resources,
+                               instance=instance, selection=dg.AssetSelection.checks(*missing),
+                               raise_on_error=False)
+        found.update({e.check_name: e for e in later.get_asset_check_evaluations()})
+    return found
+
+
 def main() -> int:
     start = time.time()
     os.environ.setdefault("TRAINRESULTS_STORAGE", os.path.expanduser("~/.trainresults-demo"))
@@ -56,16 +80,19 @@ def main() -> int:
         if address:
             ray.init(address=address)
         else:
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+            # The dashboard serves the Serve REST API the serving target uses.
+            ray.init(num_cpus=2, include_dashboard=True, dashboard_port=_free_port(),
+                     log_to_driver=False)
+    os.environ.setdefault("TRAINRESULTS_SERVE_PORT", str(_free_port()))
     resources = demo.resources()
     with dg.DagsterInstance.get() as instance:
-        result = dg.materialize(demo.demo_assets, resources=resources, instance=instance,
-                                raise_on_error=False)
+        result = dg.materialize([*demo.demo_assets, *demo.demo_checks], resources=resources,
+                                instance=instance, raise_on_error=False)
+        checks = _guardrails(demo, resources, instance, result)
 
     registry = resources["checkpoint_registry"]
     champion = registry.get(demo.MODEL)
-    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
-    gate = next(iter(checks.values()), None)
+    gate = checks.get("promotion_gate")
     best = _metadata(result, "best_checkpoint")
     trained = _metadata(result, "trained_model")
     predictions = _metadata(result, "batch_predictions")
@@ -95,8 +122,25 @@ def main() -> int:
         print("  predictions      not rerun: the candidate was not promoted (blocking check)")
     if serving:
         deployment = serving.get("trainresults/deployment") or {}
-        print(f"  serving          {deployment.get('status', 'handed off')}"
-              + (f" ({deployment.get('reason')})" if deployment.get("reason") else ""))
+        where = deployment.get("url") or deployment.get("url", "")
+        print(f"  serving          {deployment.get('target', 'handed off')} "
+              f"{deployment.get('status', '')} version {serving.get('trainresults/model_version')}"
+              + (f" at {where}" if where else ""))
+    target = resources["serving_target"]
+    if champion is not None and hasattr(target, "query"):
+        row = {"x0": 1.0, "x1": -0.5, "x2": 0.25, "x3": 0.0}
+        try:
+            answer = target.query([row])
+            print(f"  served answer    {row} -> {answer.get('predictions')} "
+                  f"(model {answer.get('model')} version {answer.get('version')})")
+        except Exception as exc:  # noqa: BLE001 - the demo reports, it does not hide
+            print(f"  served answer    FAILED: {exc}", file=sys.stderr)
+    for name in ("champion_files", "champion_age", "champion_training_data",
+                 "serving_matches_champion"):
+        check = checks.get(name)
+        if check is not None:
+            verdict = "ok" if check.passed else f"FAILED ({check.severity.value})"
+            print(f"  check {name:<24} {verdict}: {check.description}")
     print(f"  storage          {root}  (ray/ results/ registry/ values/ data/ predictions/)")
     print(f"  dagster          DAGSTER_HOME={os.environ['DAGSTER_HOME']} "
           "dagster dev -w workspace.yaml")

@@ -55,6 +55,19 @@ class ObjectStore(Protocol):
         """Names of the objects directly under ``prefix`` (no folders, no temp files)."""
         ...
 
+    def put(self, key: str, data: bytes) -> None:
+        """Write unconditionally (for objects that are replaced whole, like model cards)."""
+        ...
+
+    def files(self, prefix: str) -> dict[str, tuple[int, str | None]]:
+        """``{relative path: (size, store checksum or None)}`` of every file under ``prefix``,
+        dotfiles included, in one listing (S3: the ETag; locally there is none)."""
+        ...
+
+    def chunks(self, key: str) -> Iterator[bytes]:
+        """The object's bytes in pieces (one GET on S3), for hashing without holding it."""
+        ...
+
     def require_conditional_writes(self) -> None:
         """Raise ``StorageError`` if the store silently ignores write conditions."""
         ...
@@ -63,6 +76,9 @@ class ObjectStore(Protocol):
 # --------------------------------------------------------------------------------------
 # Local folder
 # --------------------------------------------------------------------------------------
+
+
+_CHUNK = 8 << 20
 
 
 def _etag(data: bytes) -> str:
@@ -145,6 +161,30 @@ class LocalStore:
 
     def require_conditional_writes(self) -> None:
         """POSIX link() and flock() are always there."""
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        tmp = self._write_temp(path, data)
+        os.replace(tmp, path)
+        storage.fsync_path(os.path.dirname(path))
+
+    def files(self, prefix: str) -> dict[str, tuple[int, str | None]]:
+        root = self._path(prefix)
+        out: dict[str, tuple[int, str | None]] = {}
+        for folder, _dirs, names in os.walk(root):
+            for name in names:
+                full = os.path.join(folder, name)
+                rel = os.path.relpath(full, root).replace(os.sep, "/")
+                try:
+                    out[rel] = (os.stat(full).st_size, None)
+                except FileNotFoundError:  # deleted while listing: it is missing
+                    continue
+        return out
+
+    def chunks(self, key: str) -> Iterator[bytes]:
+        with open(self._path(key), "rb") as fh:
+            while chunk := fh.read(_CHUNK):
+                yield chunk
 
     def list(self, prefix: str) -> list[str]:
         try:
@@ -284,3 +324,32 @@ class S3Store:
         except Exception as exc:  # noqa: BLE001 - botocore errors are classified by code
             raise self._fail("list", prefix, exc) from exc
         return sorted(n for n in names if n and not n.startswith("."))
+
+    def put(self, key: str, data: bytes) -> None:
+        try:
+            self.client.put_object(
+                Bucket=self.bucket, Key=self._key(key), Body=data,
+                ContentType="application/octet-stream",
+            )
+        except Exception as exc:  # noqa: BLE001 - botocore errors are classified by code
+            raise self._fail("write", key, exc) from exc
+
+    def files(self, prefix: str) -> dict[str, tuple[int, str | None]]:
+        full = self._key(prefix).rstrip("/") + "/"
+        out: dict[str, tuple[int, str | None]] = {}
+        try:
+            for obj in storage.list_keys(self.client, self.bucket, full):
+                rel = obj["Key"][len(full):]
+                if rel and not rel.endswith("/"):
+                    out[rel] = (int(obj.get("Size") or 0), str(obj.get("ETag") or "") or None)
+        except Exception as exc:  # noqa: BLE001 - botocore errors are classified by code
+            raise self._fail("list", prefix, exc) from exc
+        return out
+
+    def chunks(self, key: str) -> Iterator[bytes]:
+        # boto3's GET directly: pyarrow's input stream adds a HEAD per object.
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+        except Exception as exc:  # noqa: BLE001 - botocore errors are classified by code
+            raise self._fail("read", key, exc) from exc
+        yield from body.iter_chunks(_CHUNK)

@@ -59,15 +59,18 @@ def copy_in(
         _fsync_tree(target)
 
 
-def verify(sources: Listing, fs: pafs.FileSystem, target: str, *, where: str) -> None:
-    """Raise ``StorageError`` unless ``target`` holds every source file at its size."""
+def verify(
+    sources: Listing, copied: dict[str, int], *, where: str, target_uri: str
+) -> None:
+    """Raise ``StorageError`` unless ``copied`` (``{relative path: size}`` of the copy at
+    ``target_uri``) holds every source file at its size."""
     expected = {rel: size for rel, (size, _) in sources.items()}
-    got = {rel: size for rel, (size, _) in listing(fs, target).items()}
+    got = dict(copied)
     if expected != got:
         missing = sorted(set(expected) - set(got))[:5]
         wrong = sorted(r for r in expected if r in got and expected[r] != got[r])[:5]
         raise StorageError(
-            f"copy of {where} to {storage.to_uri(fs, target)} is incomplete: expected "
+            f"copy of {where} to {target_uri} is incomplete: expected "
             f"{len(expected)} files / {sum(expected.values())} bytes, got {len(got)} / "
             f"{sum(got.values())} (missing {missing}, size differs {wrong})"
         )

@@ -53,8 +53,10 @@ from typing import Any, Literal
 import pyarrow.fs as pafs
 
 import trainresults_dagster.registry._copy as _copy
+import trainresults_dagster.registry.integrity as integrity
 import trainresults_dagster.storage as storage
 from trainresults_dagster.errors import (
+    CheckpointIntegrityError,
     CheckpointMissingError,
     CorruptRegistryError,
     PromotionConflict,
@@ -68,6 +70,8 @@ from ._cas import LocalStore, ObjectStore, S3Store
 from .model_version import AliasEvent, ModelVersion, parse_time, utc_now, validate_name
 
 RECORD_KIND = "trainresults.version_record/1"
+#: The file manifest sits next to its data folder: ``<model>/data/<id>.files.json``.
+MANIFEST_SUFFIX = ".files.json"
 _COMMIT_ATTEMPTS = 200
 _UNCHECKED_PROMOTE_ATTEMPTS = 20
 
@@ -162,6 +166,14 @@ class Registry:
     def _history_key(model: str, alias: str, seq: int) -> str:
         return f"{model}/history/{alias}/{seq:010d}.json"
 
+    @staticmethod
+    def _data_key(model: str, data_id: str) -> str:
+        return f"{model}/data/{data_id}"
+
+    @staticmethod
+    def _manifest_key(model: str, data_id: str) -> str:
+        return f"{model}/data/{data_id}{MANIFEST_SUFFIX}"
+
     def _data_path(self, model: str, data_id: str) -> str:
         return storage.safe_child(
             f"{self.base}/{model}/data", data_id, what="data folder", where=self.uri
@@ -213,7 +225,13 @@ class Registry:
         target = self._data_path(model, data_id)
         try:
             _copy.copy_in(ckpt, self.filesystem, target, durable=self.durable)
-            _copy.verify(sources, self.filesystem, target, where=ckpt.uri)
+            # One listing checks the copy and gives the store's checksums for the manifest.
+            copied = self._store.files(self._data_key(model, data_id))
+            _copy.verify(
+                sources, {rel: size for rel, (size, _) in copied.items()},
+                where=ckpt.uri, target_uri=storage.to_uri(self.filesystem, target),
+            )
+            manifest = self._write_manifest(model, data_id, target, copied)
         except BaseException:
             # Best effort: an unreferenced data folder is invisible anyway (collect_garbage).
             try:
@@ -231,10 +249,28 @@ class Registry:
             "source": source,
             "num_files": len(sources),
             "size_bytes": sum(size for size, _ in sources.values()),
+            "files_manifest": manifest,
             "created_at": storage.iso(),
         }
         version = self._commit(model, record)
         return self._version_from_record(model, version, record)
+
+    def _write_manifest(
+        self, model: str, data_id: str, target: str, copied: dict[str, tuple[int, str | None]]
+    ) -> dict[str, Any]:
+        """Write ``<model>/data/<id>.files.json``; return its reference for the record."""
+        def crc32_of(rel: str) -> str:
+            return integrity.crc32_of_chunks(integrity.local_chunks(f"{target}/{rel}"))
+
+        # S3: the ETags from the listing; locally there is no store checksum, so CRC32.
+        local = isinstance(self._store, LocalStore)
+        manifest = integrity.build_manifest(copied, crc32_of=crc32_of if local else None)
+        data = storage.dumps(manifest)
+        key = self._manifest_key(model, data_id)
+        if not self._store.create(key, data):
+            raise StorageError(f"a different file manifest already exists at {self._store.uri(key)}")
+        return {"key": key, "sha256": hashlib.sha256(data).hexdigest(),
+                "checksum": manifest["checksum"], "files": len(manifest["files"])}
 
     def _commit(self, model: str, record: dict[str, Any]) -> int:
         for _ in range(_COMMIT_ATTEMPTS):
@@ -334,6 +370,81 @@ class Registry:
         names = [i.base_name for i in infos if i.type == pafs.FileType.Directory]
         return sorted(n for n in names if not n.startswith("."))
 
+    # ------------------------------------------------------------------ integrity
+    def verify(
+        self,
+        model: str,
+        version: int | None = None,
+        *,
+        alias: str = "champion",
+        hashes: bool = False,
+    ) -> integrity.IntegrityReport:
+        """Check a version's files against the manifest ``register`` recorded.
+
+        ``version`` (default: the one ``alias`` points at). Cheap by default: one listing
+        of the data folder (on S3 one LIST per 1,000 files, which brings sizes and ETags)
+        plus the manifest and the version record. ``hashes=True`` also reads every file
+        (CRC32 locally, MD5 against single-part ETags on S3). Versions registered before
+        manifests existed are checked by file count and total size.
+        """
+        validate_name(model, what="model name")
+        if version is None:
+            validate_name(alias, what="alias")
+            event, _ = self._read_alias(model, alias)
+            if event is None:
+                raise VersionNotFoundError(
+                    f"alias {alias!r} of model {model!r} is not set in registry {self.uri}; "
+                    "nothing to verify (pass a version)"
+                )
+            version = event.version
+            requests = 1
+        else:
+            requests = 0
+        record = self._record(model, version)
+        requests += 1
+        if record is None:
+            raise VersionNotFoundError(
+                f"model {model!r} has no version {version} in registry {self.uri}"
+            )
+        mv = self._version_from_record(model, version, record)  # validates the folder name
+        data_id = str(record.get("data"))
+        return integrity.check_version(
+            self._store, mv, record, data_key=self._data_key(model, data_id),
+            manifest_key=self._manifest_key(model, data_id), hashes=hashes, requests=requests,
+        )
+
+    # ------------------------------------------------------------------ model cards
+    @staticmethod
+    def _card_key(model: str, version: int, ext: str) -> str:
+        return f"{model}/cards/{version:010d}.{ext}"
+
+    def save_card(
+        self, model: str, version: int, card: dict[str, Any], png: bytes | None = None
+    ) -> str:
+        """Keep ``card`` (from ``card.build_card``) as the latest card of ``version``, with
+        its training-curves picture; returns the card's URI. Two PUTs (one without a
+        picture). A later attempt on the same version replaces both."""
+        validate_name(model, what="model name")
+        if png is not None:
+            self._store.put(self._card_key(model, version, "png"), png)
+            card = {**card, "picture": self._store.uri(self._card_key(model, version, "png"))}
+        key = self._card_key(model, version, "json")
+        self._store.put(key, storage.dumps(card))
+        return self._store.uri(key)
+
+    def card(self, model: str, version: int) -> dict[str, Any] | None:
+        """The latest model card of ``version``, or None if no promotion attempt saved one."""
+        validate_name(model, what="model name")
+        found = self._read_json(self._card_key(model, version, "json"))
+        return found[0] if found else None
+
+    def card_picture_uri(self, model: str, version: int) -> str:
+        return self._store.uri(self._card_key(model, version, "png"))
+
+    def card_picture(self, model: str, version: int) -> bytes | None:
+        found = self._store.get(self._card_key(model, version, "png"))
+        return found[0] if found else None
+
     # ------------------------------------------------------------------ aliases
     def _read_alias(self, model: str, alias: str) -> tuple[AliasEvent | None, str | None]:
         key = self._alias_key(model, alias)
@@ -406,8 +517,9 @@ class Registry:
         """Move ``alias`` back to the version it had before the current one was promoted.
 
         Recorded in the history as ``action="rollback"``. Raises ``VersionNotFoundError``
-        when there is nothing to roll back to, ``PromotionConflict`` if the alias moved
-        while rolling back.
+        when there is nothing to roll back to, ``CheckpointIntegrityError`` when that
+        version's files are missing or changed (checked from one listing), and
+        ``PromotionConflict`` if the alias moved while rolling back.
         """
         validate_name(model, what="model name")
         validate_name(alias, what="alias")
@@ -424,6 +536,17 @@ class Registry:
             )
         restored = self._history_event(model, alias, current.base_seq)
         target = self.get_version(model, restored.version)
+        report = self.verify(model, restored.version)
+        if not report.ok:
+            # Pointing serving at files that are gone would break every replica that
+            # reloads; the current champion at least still loads.
+            raise CheckpointIntegrityError(
+                f"refusing to roll back alias {alias!r} of model {model!r} from version "
+                f"{current.version} to version {restored.version}: its files at {target.uri} "
+                f"are not what was registered ({report.problems()}). The alias is unchanged. "
+                f"Promote another intact version explicitly (promote(model, version, "
+                f"alias={alias!r})), or re-register the checkpoint."
+            )
         text = f"rollback from version {current.version}" + (f": {reason}" if reason else "")
         event = self._event(
             model, alias, current, version=restored.version, base_seq=restored.base_seq,
@@ -434,10 +557,20 @@ class Registry:
             raise PromotionConflict(self._moved(model, alias, moved, current.version))
         return target
 
-    def history(self, model: str, alias: str = "champion") -> list[AliasEvent]:
-        """Every promotion and rollback of ``alias``, oldest first (``seq`` 1, 2, ...)."""
+    def history(
+        self, model: str, alias: str = "champion", *, limit: int | None = None
+    ) -> list[AliasEvent]:
+        """Every promotion and rollback of ``alias``, oldest first (``seq`` 1, 2, ...).
+        ``limit``: only the newest ``limit`` events (no listing: the alias plus one read
+        per older event)."""
         validate_name(model, what="model name")
         validate_name(alias, what="alias")
+        if limit is not None:
+            current, _ = self._read_alias(model, alias)
+            if current is None or limit < 1:
+                return []
+            older = range(current.seq - 1, max(0, current.seq - limit), -1)
+            return [*reversed([self._history_event(model, alias, s) for s in older]), current]
         seqs = []
         for name in self._store.list(f"{model}/history/{alias}"):
             stem, ext = os.path.splitext(name)
@@ -551,13 +684,22 @@ class Registry:
         removed = []
         for info in storage.list_dir(self.filesystem, f"{self.base}/{model}/data"):
             name = info.base_name
-            if info.type != pafs.FileType.Directory or name in referenced:
+            if info.type == pafs.FileType.File and name.endswith(MANIFEST_SUFFIX):
+                name, folder = name[: -len(MANIFEST_SUFFIX)], False
+            elif info.type == pafs.FileType.Directory:
+                folder = True
+            else:
+                continue
+            if name in referenced:
                 continue
             started = _data_time(name)
             if started is None:
-                continue  # not a folder we made
+                continue  # not something we made
             if started <= cutoff:
-                storage.delete_dir(self.filesystem, info.path)
+                if folder:
+                    storage.delete_dir(self.filesystem, info.path)
+                else:
+                    storage.delete_file(self.filesystem, info.path)
                 removed.append(storage.to_uri(self.filesystem, info.path))
         return removed
 
