@@ -88,6 +88,7 @@ def test_checks_pass_then_catch_deleted_files_new_data_and_drift(v2_runs, tmp_pa
         assert set(found) == {"promotion_gate", FILES_CHECK, AGE_CHECK, DATA_CHECK, DRIFT_CHECK}
         assert all(e.passed for e in found.values()), {k: text(e) for k, e in found.items()}
         assert "all 2 files intact (sizes and CRC32s" in text(found[FILES_CHECK])  # + .metadata.json
+        assert found[FILES_CHECK].metadata["storage_requests"].value == 4
         assert "version 1" in text(found[DRIFT_CHECK]) and len(receiver.requests) == 1
 
         registry = resources["checkpoint_registry"].registry

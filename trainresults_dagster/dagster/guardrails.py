@@ -31,7 +31,7 @@ from trainresults_dagster.dagster._wiring import AssetRef, asset_key
 from trainresults_dagster.dagster.lineage import latest_materialization
 from trainresults_dagster.dagster.metadata import METADATA_PREFIX
 from trainresults_dagster.dagster.promotion import ALIAS_KEY, MODEL_KEY, REGISTRY_KEY
-from trainresults_dagster.errors import TrainResultsError
+from trainresults_dagster.errors import TrainResultsError, VersionNotFoundError
 
 FILES_CHECK = "champion_files"
 AGE_CHECK = "champion_age"
@@ -123,13 +123,13 @@ def _files_check(
     )
     def _champion_files(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         registry = getattr(context.resources, registry_key)
-        current = registry.get(model, alias)
-        if current is None:
+        try:
+            report = registry.verify(model, alias=alias, hashes=hashes)  # reads the alias once
+        except VersionNotFoundError:
             return dg.AssetCheckResult(passed=True, description=f"{alias!r} of {model!r} is not "
                                        "set yet: nothing to verify")
-        report = registry.verify(model, current.version, hashes=hashes)
         metadata = {
-            "champion_version": current.version,
+            "champion_version": report.version,
             "uri": dg.MetadataValue.path(report.uri),
             "files": report.files,
             "size_bytes": report.size_bytes,
