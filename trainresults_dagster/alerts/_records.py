@@ -15,9 +15,11 @@ folder, at any depth (``RunConfig.name`` may contain ``/``). A *discovery pass*,
 
 Only records modified since the previous pass (time past a watermark, minus a slack for
 coarse clocks) are read, and a record seen with the same time and size is not read twice.
-A terminal failure is alerted unless the journal has the entry for it: its alert id is the
-journal's (``alert_id("ray_run_failed", run_uri, journal_key(failure time, run name))``), and
-the key is remembered so that a journal entry written later does not alert again.
+A terminal failure is alerted unless the journal holds an entry for the same run at or
+after the failure's time (``RunRecorder`` names the entry by that time); its alert id is
+the one the journal entry gets (``alert_id("ray_run_failed", run_uri, journal_key(failure
+time, run name))``), and the key is remembered so that a journal entry written later does
+not alert again.
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ class RecordSource:
 
     def __init__(self, tick: Tick) -> None:
         self.tick = tick
-        self._journal: set[str] | None = None  # journal names, when a flat listing has them
+        self._journal: set[str] | None = None  # journal names (from the flat listing on S3)
+        self._latest: dict[str, float] | None = None  # run (journal spelling) -> newest entry
 
     # ------------------------------------------------------------------ discovery
     def discover(self) -> Found:
@@ -170,7 +173,7 @@ class RecordSource:
         if record is None or record.status != "failed" or error is None:
             return True
         failure = self._failure_key(rel, error)
-        if state.rec[rel][2] == failure or self._journal_has(failure):
+        if state.rec[rel][2] == failure or self._journal_covers(rel, error):
             return True  # alerted already, or the journal source alerts it
         if not self.tick.take():
             del state.rec[rel]  # not handled: read again on the next tick
@@ -211,10 +214,38 @@ class RecordSource:
             return journal_key(float(when), rel)
         return f"record-{alert_id(rel, error.error_type, error.message)}.json"
 
-    def _journal_has(self, name: str) -> bool:
-        if self._journal is not None:
-            return name in self._journal
-        return storage.exists(self.tick.fs, f"{self.tick.root}/{JOURNAL_DIR}/{name}")
+    def _journal_covers(self, rel: str, error: Any) -> bool:
+        """True when the journal holds an entry for this run at or after this failure.
+
+        ``RunRecorder`` names the entry for a failure ``journal_key(failure time, name)``, so
+        an entry of the same run no older than the failure is that failure (or a later one,
+        which the journal source alerts): the journal source owns it. One listing of the
+        journal per pass (S3: the flat listing already made).
+        """
+        if self._journal is None:
+            jdir = f"{self.tick.root}/{JOURNAL_DIR}"
+            if isinstance(self.tick.fs, pafs.LocalFileSystem):
+                try:
+                    self._journal = set(os.listdir(jdir))
+                except (FileNotFoundError, NotADirectoryError):
+                    self._journal = set()
+            else:
+                self._journal = {i.base_name for i in storage.list_dir(self.tick.fs, jdir)}
+            self.tick.stats["lists"] += 1
+        if self._latest is None:
+            width = len(storage.stamp(0.0))
+            self._latest = {}
+            for name in self._journal:
+                when = storage.parse_stamp(name)
+                if when is not None and name.endswith(".json") and name[width : width + 1] == "-":
+                    run = name[width + 1 : -len(".json")]
+                    self._latest[run] = max(self._latest.get(run, when), when)
+        latest = self._latest.get(journal_key(0.0, rel)[len(storage.stamp(0.0)) + 1 : -len(".json")])
+        when = getattr(error, "time", None)
+        if latest is None:
+            return False
+        # Names keep microseconds: allow their rounding.
+        return not isinstance(when, int | float) or latest >= float(when) - 1e-5
 
     def alert(self, rel: str, error: Any) -> dict[str, Any]:
         run_path = f"{self.tick.root}/{rel}"
