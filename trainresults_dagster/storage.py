@@ -282,35 +282,6 @@ def safe_child(base: str, name: Any, *, what: str, where: str) -> str:
     return posixpath.join(base, safe_name(name, what=what, where=where))
 
 
-def safe_relpath(name: Any, *, what: str, where: str) -> str:
-    """``name`` if it is a relative path of one or more components (``team-a/exp1``).
-
-    Ray does not validate ``RunConfig.name`` or ``checkpoint_dir_name``, and writes a name
-    with ``/`` as nested folders, so such names are legal; what must never pass is a name
-    that leaves its base: absolute, ``..`` or ``.`` components, empty components
-    (``a//b``), backslashes, NUL, or a leading ``~``.
-    """
-    if not isinstance(name, str) or not name:
-        raise UnsafePathError(f"{what} must be a non-empty relative path, got {name!r} in {where}")
-    if name.startswith(("/", "~")) or "\\" in name or "\x00" in name:
-        raise UnsafePathError(
-            f"{what} must be a relative path such as 'team-a/exp1' (no leading '/' or '~', "
-            f"no '\\' or NUL), got {name!r} in {where}"
-        )
-    parts = name.split("/")
-    if any(p in ("", ".", "..") for p in parts):
-        raise UnsafePathError(
-            f"{what} must be a relative path whose components are folder names (no '', '.' "
-            f"or '..' components), got {name!r} in {where}"
-        )
-    return name
-
-
-def safe_descendant(base: str, name: Any, *, what: str, where: str) -> str:
-    """``base/name`` for a relative path of one or more components (``safe_relpath``)."""
-    return posixpath.join(base, safe_relpath(name, what=what, where=where))
-
-
 # --------------------------------------------------------------------------------------
 # JSON and time: one policy each
 # --------------------------------------------------------------------------------------
