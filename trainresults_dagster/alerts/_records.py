@@ -43,8 +43,9 @@ from .alert import alert_id, build_alert
 MAX_DEPTH = 8
 #: Folders opened by one local discovery pass at most; past it the pass reports a problem.
 MAX_FOLDERS = 200_000
-#: Records read by one pass at most (each is one small GET); the rest wait for the next tick.
-MAX_RECORD_READS = 1000
+#: Records read by one tick at most (each is one small GET); the rest wait for the next tick,
+#: which goes on with the pass whatever the interval.
+MAX_RECORD_READS = 200
 #: Local folder times can be coarse (1-2 s on some filesystems, NFS): re-check that much.
 LOCAL_MTIME_SLACK_NS = 2_000_000_000
 _TOP_SKIP = JOURNAL_DIR.split("/", 1)[0]
