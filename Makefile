@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser test demo stress bench lint clean
+.PHONY: install browser system-deps test demo stress bench lint clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -23,7 +23,15 @@ browser:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium is missing and this is not root: tests/test_browser.py will skip"; fi; }
 
-install: $(STAMP) browser
+# Debian packages the tests use: postgresql (the daemon end-to-end test runs on a Postgres
+# instance too; the test starts its own server with initdb/pg_ctl on a free port).
+system-deps:
+	@if ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql; \
+	else echo "install Debian's postgresql (pg_ctl, initdb) for the Postgres tests: apt-get install postgresql" >&2; exit 1; fi
+
+install: system-deps $(STAMP) browser
 
 test: lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests

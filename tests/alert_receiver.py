@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -26,8 +27,15 @@ class Received:
 
 
 class AlertReceiver:
-    def __init__(self, statuses: list[int] | None = None) -> None:
+    def __init__(
+        self,
+        statuses: list[int] | None = None,
+        before_answer: Callable[[int], None] | None = None,
+    ) -> None:
+        """``before_answer(n)`` runs before the n-th POST (1-based) is answered (a test kills
+        the sender there); an answer the sender is no longer there to read is dropped."""
         self.statuses = list(statuses or [])
+        self.before_answer = before_answer
         self.requests: list[Received] = []
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
@@ -43,11 +51,17 @@ class AlertReceiver:
                     status = receiver.statuses.pop(0) if receiver.statuses else 200
                     receiver.requests.append(Received(self.path, self.headers, body))
                     receiver._arrived.notify_all()
+                    count = len(receiver.requests)
+                if receiver.before_answer is not None:
+                    receiver.before_answer(count)
                 payload = b'{"ok": true}' if status < 400 else b"receiver says no"
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the sender is gone
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}/alerts"

@@ -10,7 +10,8 @@ S3 locations use the standard AWS environment (``AWS_ACCESS_KEY_ID``, ``AWS_REGI
 ``AWS_ENDPOINT_URL`` for S3-compatible stores). Exit codes: 0 ok, 2 usage, 3 bad or missing
 input (the message says what and where), 4 nothing eligible (no finite metric), 5 promotion
 conflict, 6 a version's files are missing or changed (``verify``; ``rollback`` refuses such
-a target).
+a target); 1 is an unexpected error (a bug: ``TRAINRESULTS_DEBUG=1`` shows its traceback).
+Every failure is one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -18,13 +19,28 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 from trainresults_dagster.runs.metrics import flatten_metrics
 
-EXIT_OK, EXIT_USAGE, EXIT_INPUT, EXIT_NONE_ELIGIBLE, EXIT_CONFLICT, EXIT_INTEGRITY = 0, 2, 3, 4, 5, 6
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INPUT, EXIT_NONE_ELIGIBLE, EXIT_CONFLICT = 0, 1, 2, 3, 4, 5
+EXIT_INTEGRITY = 6
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (what was wrong, and where to look
+    for the right form) and exit code 2, so scripts can tell it from a bad input (3)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n")
+
+
+def _one_line(text: object) -> str:
+    """A message on one line: pyarrow and JSON errors may span several."""
+    return " | ".join(part.strip() for part in str(text).splitlines() if part.strip())
 
 
 def _filesystem(uri: str) -> Any:
@@ -160,12 +176,30 @@ def cmd_card(reg: Any, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _require_model(reg: Any, model: str) -> None:
+    """A model is in the registry once it has a version: a typo must not read as 'empty'."""
+    from .errors import VersionNotFoundError
+    from .registry.model_version import validate_name
+
+    validate_name(model, what="model name")
+    if not reg.versions(model):
+        known = reg.models()
+        raise VersionNotFoundError(
+            f"model {model!r} has no versions in registry {reg.uri}; "
+            + (f"models there: {', '.join(known[:10])}" if known else "the registry is empty")
+        )
+
+
 def cmd_registry(args: argparse.Namespace) -> int:
+    from .errors import VersionNotFoundError
+
     reg = _registry(args)
     if args.action == "verify":
         return cmd_verify(reg, args)
     if args.action == "card":
         return cmd_card(reg, args)
+    if args.action in ("list", "show", "history"):
+        _require_model(reg, args.model)
     if args.action == "list":
         rows = [_version_dict(v) for v in reg.versions(args.model)]
         if args.json:
@@ -175,7 +209,16 @@ def cmd_registry(args: argparse.Namespace) -> int:
                          [[r["version"], r["uri"], r["created_at"]] for r in rows]))
         return EXIT_OK
     if args.action == "show":
-        mv = reg.get_version(args.model, args.version) if args.version else reg.get(args.model, alias=args.alias)
+        if args.version is not None:
+            mv = reg.get_version(args.model, args.version)
+        else:
+            mv = reg.get(args.model, alias=args.alias)
+            if mv is None:
+                raise VersionNotFoundError(
+                    f"alias {args.alias!r} of model {args.model!r} is not set in registry "
+                    f"{reg.uri}; promote a version first (trainresults registry --base "
+                    f"{args.base} promote {args.model} --version N) or pass --version N"
+                )
         print(json.dumps(_version_dict(mv), default=str, indent=2))
         return EXIT_OK
     if args.action == "promote":
@@ -203,7 +246,7 @@ def cmd_registry(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trainresults", description=(__doc__ or "").split("\n\n")[0])
+    parser = _Parser(prog="trainresults", description=(__doc__ or "").split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("inspect", help="summary of a run: metrics, checkpoints, error")
@@ -250,20 +293,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Every failure is one line on stderr and an exit code (see the module
+    docstring), never a traceback: ``TRAINRESULTS_DEBUG=1`` shows the traceback of an
+    unexpected error (exit 1, a bug to report)."""
     from .errors import NoEligibleCheckpointError, PromotionConflict, TrainResultsError
 
     args = build_parser().parse_args(argv)
+
+    def fail(code: int, exc: BaseException, prefix: str = "") -> int:
+        print(f"trainresults: {prefix}{_one_line(exc) or type(exc).__name__}", file=sys.stderr)
+        return code
+
     try:
         return int(args.func(args))
     except NoEligibleCheckpointError as exc:
-        print(f"trainresults: {exc}", file=sys.stderr)
-        return EXIT_NONE_ELIGIBLE
+        return fail(EXIT_NONE_ELIGIBLE, exc)
     except PromotionConflict as exc:
-        print(f"trainresults: {exc}", file=sys.stderr)
-        return EXIT_CONFLICT
-    except (TrainResultsError, ValueError, OSError, KeyError, LookupError) as exc:
-        print(f"trainresults: {exc}", file=sys.stderr)
-        return EXIT_INPUT
+        return fail(EXIT_CONFLICT, exc)
+    except BrokenPipeError:  # `trainresults ... | head`: the reader left; not an error
+        sys.stderr.close()
+        return EXIT_OK
+    except (TrainResultsError, ValueError, OSError, LookupError) as exc:
+        return fail(EXIT_INPUT, exc)
+    except KeyboardInterrupt:
+        return fail(130, KeyboardInterrupt("interrupted"))
+    except Exception as exc:  # noqa: BLE001 - a bug; still one line unless debugging
+        if os.environ.get("TRAINRESULTS_DEBUG"):
+            raise
+        return fail(EXIT_INTERNAL, exc, f"internal error {type(exc).__name__}: ")
 
 
 if __name__ == "__main__":

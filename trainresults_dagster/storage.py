@@ -766,7 +766,8 @@ def copy_tree(
 ) -> int:
     """Copy a folder; return the number of files copied.
 
-    S3 -> same S3: server-side ``CopyObject`` per file in parallel (no bytes through us).
+    S3 -> same S3: server-side ``CopyObject`` per file in parallel (no bytes through us);
+    files over ``MULTIPART_COPY_THRESHOLD`` with a multipart server-side copy.
     Local -> local: ``shutil.copyfile`` (kernel ``sendfile``/``copy_file_range``) in parallel.
     Otherwise: ``pyarrow.fs.copy_files`` streaming with threads.
     """
@@ -795,6 +796,9 @@ def copy_tree(
         def _copy(info: pafs.FileInfo) -> None:
             rel = info.path[len(src.rstrip("/")) + 1 :]
             target = posixpath.join(dst, rel)
+            if (info.size or 0) > MULTIPART_COPY_THRESHOLD:
+                multipart_copy(src_fs, info.path, target, size=int(info.size or 0))
+                return
             call(
                 lambda: src_fs.copy_file(info.path, target),
                 what="server-side copy",
@@ -819,6 +823,77 @@ def copy_tree(
         where=f"{to_uri(src_fs, src)} -> {to_uri(dst_fs, dst)}",
     )
     return count
+
+
+#: Objects above this size are copied with a multipart server-side copy (``UploadPartCopy``):
+#: S3's ``CopyObject`` refuses sources over 5 GiB. The margin keeps us clear of the limit.
+MULTIPART_COPY_THRESHOLD = 5 * 2**30 - 64 * 2**20
+#: Part size of a multipart copy (S3: 5 MiB to 5 GiB per part, at most 10,000 parts; the
+#: part size grows past this for objects over 10,000 parts of it).
+MULTIPART_PART_BYTES = 512 * 2**20
+_MAX_PARTS = 10_000
+
+
+def multipart_copy(
+    fs: pafs.S3FileSystem, src: str, dst: str, *, size: int, threads: int = 8
+) -> None:
+    """Server-side copy of one S3 object of ``size`` bytes, part by part (``UploadPartCopy``).
+
+    No byte passes through this process. The client is built from ``fs``'s own endpoint and
+    credentials (``S3Settings.from_filesystem``). Content type and user metadata are carried
+    over as ``CopyObject`` would; on any failure the upload is aborted, so no invisible parts
+    are left to be billed, and the target never appears partly written.
+    """
+    client = S3Settings.from_filesystem(fs).client()
+    src_bucket, _, src_key = src.partition("/")
+    dst_bucket, _, dst_key = dst.partition("/")
+    where = f"{to_uri(fs, src)} -> {to_uri(fs, dst)}"
+    part = max(MULTIPART_PART_BYTES, math.ceil(size / _MAX_PARTS))
+    try:
+        head = client.head_object(Bucket=src_bucket, Key=src_key)
+        upload = client.create_multipart_upload(
+            Bucket=dst_bucket,
+            Key=dst_key,
+            ContentType=head.get("ContentType") or "application/octet-stream",
+            Metadata=head.get("Metadata") or {},
+        )
+    except Exception as exc:  # noqa: BLE001 - botocore errors are not OSErrors
+        raise StorageError(f"starting a multipart copy {where} failed: {exc}") from exc
+    upload_id = upload["UploadId"]
+    ranges = [(n + 1, start, min(start + part, size) - 1)
+              for n, start in enumerate(range(0, size, part))]
+
+    def _part(spec: tuple[int, int, int]) -> dict[str, Any]:
+        number, first, last = spec
+        answer = client.upload_part_copy(
+            Bucket=dst_bucket,
+            Key=dst_key,
+            UploadId=upload_id,
+            PartNumber=number,
+            CopySource={"Bucket": src_bucket, "Key": src_key},
+            CopySourceRange=f"bytes={first}-{last}",
+            # The source must not change under us: a part of a newer object would mix two.
+            CopySourceIfMatch=head["ETag"],
+        )
+        return {"PartNumber": number, "ETag": answer["CopyPartResult"]["ETag"]}
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max(1, min(threads, len(ranges)))) as pool:
+            parts = list(pool.map(_part, ranges))
+        client.complete_multipart_upload(
+            Bucket=dst_bucket, Key=dst_key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+        )
+    except BaseException as exc:
+        try:
+            client.abort_multipart_upload(Bucket=dst_bucket, Key=dst_key, UploadId=upload_id)
+        except Exception:  # noqa: BLE001 - the copy's own error is the one to report
+            pass
+        if isinstance(exc, Exception):
+            raise StorageError(
+                f"multipart server-side copy {where} ({size} bytes, {len(ranges)} parts) failed "
+                f"and was aborted: {type(exc).__name__}: {exc}"
+            ) from exc
+        raise
 
 
 def _download(src_fs: pafs.FileSystem, src: str, dst: str, *, threads: int) -> int:

@@ -72,7 +72,9 @@ class JournalSource:
             )
             if entry is None:
                 raise FileNotFoundError(f"{where} disappeared")
-            run_path = storage.safe_child(
+            # RunConfig.name may hold '/' (Ray writes nested folders): any relative path
+            # that stays under the storage path is a run name.
+            run_path = storage.safe_descendant(
                 self.tick.root, entry.get("run_name"), what="run_name", where=where
             )
         except UnsafePathError as exc:
@@ -118,9 +120,16 @@ class JournalSource:
         hw_time = storage.parse_stamp(state.hw) if state.hw else None
         return storage.stamp(hw_time - self.tick.overlap) if hw_time is not None else None
 
-    def scan_journal(self, state: ScanState, names: list[str]) -> None:
+    def scan_journal(
+        self, state: ScanState, names: list[str], *, covered: set[str] | frozenset[str] = frozenset()
+    ) -> None:
+        """Alert the new entries; ``covered``: names another source already alerted."""
         for name in names:
             if name in state.seen or name in state.pending:
+                continue
+            if name in covered:
+                state.seen.add(name)
+                state.hw = max(state.hw or name, name)
                 continue
             if self.tick.budget <= 0:
                 break

@@ -11,6 +11,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 import trainresults_dagster.storage as storage
+from trainresults_dagster.errors import StorageError
 
 CURSOR_VERSION = 1
 
@@ -36,6 +37,12 @@ class ScanState:
     v1_pass: float = 0.0  # when the last V1 discovery pass ran
     # V1 experiments being watched: unfinished ones, and those with alerted trials.
     v1: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rec_wm: int = 0  # newest run record time seen by the record discovery pass, in ns
+    rec_pass: float = 0.0  # when the last record discovery pass ran
+    rec_more: bool = False  # the last pass ran out of budget: the next tick goes on
+    # Run records modified inside the re-check window: rel path -> [fingerprint, time ns,
+    # failure key alerted or None], so an unchanged record is not read twice.
+    rec: dict[str, list[Any]] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, cursor: str | None) -> ScanState:
@@ -52,6 +59,10 @@ class ScanState:
                 v1_wm=int(data.get("v1_wm", 0)),
                 v1_pass=float(data.get("v1_pass", 0.0)),
                 v1=dict(data.get("v1", {})),
+                rec_wm=int(data.get("rec_wm", 0)),
+                rec_pass=float(data.get("rec_pass", 0.0)),
+                rec_more=bool(data.get("rec_more", False)),
+                rec={str(k): list(v) for k, v in dict(data.get("rec", {})).items()},
             )
         except (ValueError, TypeError, AttributeError) as exc:
             raise ValueError(
@@ -69,6 +80,10 @@ class ScanState:
                 "v1_wm": self.v1_wm,
                 "v1_pass": self.v1_pass,
                 "v1": self.v1,
+                "rec_wm": self.rec_wm,
+                "rec_pass": self.rec_pass,
+                "rec_more": self.rec_more,
+                "rec": self.rec,
             },
             sort_keys=True,
             separators=(",", ":"),
@@ -100,8 +115,38 @@ class Tick:
         self.found: list[FailedRun] = []
         self.redelivered: list[FailedRun] = []
         self.problems: list[str] = []
-        self.stats = {"lists": 0, "journal_listed": 0, "runs_read": 0, "v1_folders_opened": 0}
+        self.stats = {"lists": 0, "journal_listed": 0, "runs_read": 0, "v1_folders_opened": 0,
+                      "run_folders_found": 0, "records_read": 0}
         self.budget = max_runs
+        self._flat: list[tuple[str, int, int]] | None = None
+
+    def flat_listing(self) -> list[tuple[str, int, int]]:
+        """``(path relative to root, mtime_ns, size)`` of every object under the root, listed
+        once per tick however many sources need it: on S3 one ``list_objects_v2`` page per
+        1,000 objects (with a client), else pyarrow's recursive listing."""
+        if self._flat is not None:
+            return self._flat
+        if self.s3_client is not None and isinstance(self.fs, pafs.S3FileSystem):
+            bucket, _, key = self.root.partition("/")
+            prefix = f"{key}/" if key else ""
+            out = []
+            self.stats["lists"] += 1
+            try:
+                for o in storage.list_keys(self.s3_client, bucket, prefix):
+                    when = int(o["LastModified"].timestamp() * 1e9)
+                    out.append((o["Key"][len(prefix) :], when, int(o.get("Size", 0))))
+            except Exception as exc:  # noqa: BLE001 - botocore errors are not OSErrors
+                raise StorageError(f"listing s3://{bucket}/{prefix} failed: {exc}") from exc
+        else:
+            self.stats["lists"] += 1
+            base = self.root.rstrip("/") + "/"
+            out = [
+                (i.path[len(base) :], i.mtime_ns or 0, i.size or 0)
+                for i in storage.list_dir(self.fs, self.root, recursive=True)
+                if i.type == pafs.FileType.File
+            ]
+        self._flat = out
+        return out
 
     def take(self) -> bool:
         """Spend one run read of the budget; False when it is used up for this tick."""

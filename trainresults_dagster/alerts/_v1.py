@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 import trainresults_dagster.storage as storage
-from trainresults_dagster.errors import RunNotFoundError, StorageError, TrainResultsError
+from trainresults_dagster.errors import RunNotFoundError, TrainResultsError
 from trainresults_dagster.runs.read import V1_STATE_PREFIX, read_run, v1_trial_states
 from trainresults_dagster.runs.result import TrainResult, training_context
 
@@ -79,7 +79,7 @@ class V1Source:
         # folders. Times are the server's; the overlap covers uploads still in flight.
         window = state.v1_wm - int(self.tick.overlap * 1e9)
         newest = state.v1_wm
-        for rel, mtime, size in self._flat_listing():
+        for rel, mtime, size in self.tick.flat_listing():
             folder, _, name = rel.partition("/")
             if "/" in name or not _is_state(name) or folder.startswith(("_", ".")):
                 continue
@@ -88,27 +88,6 @@ class V1Source:
                 found.setdefault(folder, []).append((name, mtime, size))
         state.v1_wm = newest
         return found
-
-    def _flat_listing(self) -> list[tuple[str, int, int]]:
-        tick = self.tick
-        if tick.s3_client is not None and isinstance(tick.fs, pafs.S3FileSystem):
-            bucket, _, key = tick.root.partition("/")
-            prefix = f"{key}/" if key else ""
-            out = []
-            tick.stats["lists"] += 1
-            try:
-                for o in storage.list_keys(tick.s3_client, bucket, prefix):
-                    when = int(o["LastModified"].timestamp() * 1e9)
-                    out.append((o["Key"][len(prefix) :], when, int(o.get("Size", 0))))
-            except Exception as exc:  # noqa: BLE001 - botocore errors are not OSErrors
-                raise StorageError(f"listing s3://{bucket}/{prefix} failed: {exc}") from exc
-            return out
-        base = tick.root.rstrip("/") + "/"
-        return [
-            (i.path[len(base) :], i.mtime_ns or 0, i.size or 0)
-            for i in storage.list_dir(tick.fs, tick.root, recursive=True)
-            if i.type == pafs.FileType.File
-        ]
 
     def scan_v1(self, state: ScanState, now: float, rescan_seconds: float) -> None:
         candidates: dict[str, list[tuple[str, int, int]]] = {}

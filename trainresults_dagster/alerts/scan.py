@@ -8,6 +8,16 @@ tick; scripts and the benchmark can call it directly. It composes two sources ov
   time-named file to the failure journal; a tick lists only names after a start-after
   marker that trails the newest name by ``overlap_seconds`` and reads only the new runs.
   V2 runs *without* the recorder cannot be found: Ray Train V2 stores no error or status.
+* **V2 runs the journal missed** (``_records``): the journal entry is missing when its
+  write failed, with ``RunRecorder(journal=False)``, or for run folders synced in from
+  elsewhere. A *record discovery pass* finds run folders by Ray's ``.validate_storage_marker``
+  (at any depth: ``RunConfig.name`` may contain ``/``) and reads only the
+  ``trainresults_run.json`` records changed since the last pass (object stores: the same
+  flat listing as the V1 pass, shared within a tick; local: a bounded walk). It runs at
+  most every ``records_rescan_seconds`` (default 5 minutes) and on the first pass, so such a
+  failure is reported within ``records_rescan_seconds`` plus the sensor interval. Its alert
+  id is the one the journal entry would give (``journal_key(failure time, run name)``), so
+  one failure is alerted once whichever source sees it first.
 * **V1 runs** (``RAY_TRAIN_V2_ENABLED=0``, ``_v1``) have no journal: trial status ``ERROR`` is read
   from ``experiment_state-*.json`` (JSON only, never ``*.pkl``), and only for experiments
   whose state file changed. Finding new V1 experiments costs one look at every top-level
@@ -37,12 +47,14 @@ import trainresults_dagster.storage as storage
 from trainresults_dagster.errors import TrainResultsError
 
 from ._journal import JournalSource
+from ._records import RecordSource
 from ._tick import FailedRun, ScanState, Tick
 from ._v1 import V1Source
 
 OVERLAP_SECONDS = 600.0
 MAX_READ_ATTEMPTS = 5
 V1_RESCAN_SECONDS = 300.0
+RECORDS_RESCAN_SECONDS = 300.0
 
 
 @dataclass
@@ -63,6 +75,8 @@ def scan_failed_runs(
     deliver: Callable[[dict[str, Any]], object] | None = None,
     include_v1: bool = True,
     v1_rescan_seconds: float = V1_RESCAN_SECONDS,
+    include_records: bool = True,
+    records_rescan_seconds: float = RECORDS_RESCAN_SECONDS,
     max_runs: int = 100,
     overlap_seconds: float = OVERLAP_SECONDS,
     max_read_attempts: int = MAX_READ_ATTEMPTS,
@@ -80,6 +94,8 @@ def scan_failed_runs(
             pass. Without it the alerts are only returned.
         include_v1: also look for failed V1 experiments; ``v1_rescan_seconds`` spaces the
             passes that look for *new* ones (each costs a look at every top-level folder).
+        include_records: also look for failed runs the journal has no entry for, through
+            the run folders' records; ``records_rescan_seconds`` spaces those passes.
         max_runs: runs read per pass at most (the rest wait for the next pass).
         secrets: strings to remove from alerts (credentials the caller knows of).
     """
@@ -97,7 +113,7 @@ def scan_failed_runs(
         max_read_attempts=max_read_attempts,
         secrets=secrets,
     )
-    journal, v1 = JournalSource(tick), V1Source(tick)
+    journal, v1, records = JournalSource(tick), V1Source(tick), RecordSource(tick)
     # A listing error raises before anything is sent, so the tick fails without side effects.
     names = journal.list_journal(journal.start_after(state))
     # Runs that could not be read, or whose alert was not taken, on earlier ticks.
@@ -105,9 +121,14 @@ def scan_failed_runs(
         entry = state.pending.get(key)
         if entry is None or not tick.take():
             continue
-        source = v1 if key.startswith("v1:") else journal
+        source = v1 if key.startswith("v1:") else records if key.startswith("rec:") else journal
         source.retry(state, key, first=not entry.get("deliver"))
-    journal.scan_journal(state, names)
+    journal.scan_journal(state, names, covered=records.alerted_keys(state))
+    if include_records:
+        try:
+            records.scan_records(state, time.time(), records_rescan_seconds)
+        except (TrainResultsError, OSError) as exc:
+            tick.problems.append(f"could not look for run records under {tick.uri}: {exc}")
     if include_v1:
         try:
             v1.scan_v1(state, time.time(), v1_rescan_seconds)

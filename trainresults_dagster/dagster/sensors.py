@@ -17,8 +17,9 @@ STOPPED unless ``default_status=dg.DefaultSensorStatus.RUNNING``, and they need 
 from __future__ import annotations
 
 import functools
+import inspect
 import json
-import re
+import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -29,12 +30,13 @@ from trainresults_dagster.alerts.alert import alert_id, build_alert
 from trainresults_dagster.alerts.scan import (
     MAX_READ_ATTEMPTS,
     OVERLAP_SECONDS,
+    RECORDS_RESCAN_SECONDS,
     V1_RESCAN_SECONDS,
     scan_failed_runs,
 )
-from trainresults_dagster.dagster._wiring import resource, s3_settings
+from trainresults_dagster.dagster._wiring import s3_settings
 from trainresults_dagster.dagster.metadata import METADATA_PREFIX
-from trainresults_dagster.runs.failure import CONTEXT_KEYS
+from trainresults_dagster.runs.failure import CONTEXT_KEYS, rank_failures_from_message
 
 if TYPE_CHECKING:
     from dagster._core.definitions.unresolved_asset_job_definition import (
@@ -47,11 +49,9 @@ if TYPE_CHECKING:
 TRAINING_TAG = "trainresults/training"
 #: Asset kinds that mark a training asset.
 TRAINING_KINDS = frozenset({"ray", "ray-train"})
-_RANK_LINE = re.compile(r"^\s*\[Rank (\d+)\]: (.+)$", re.M)
 
 
-def _sink(resources: Any, key: str) -> Any:
-    sink = resource(resources, key)
+def _sink(sink: Any, key: str) -> Any:
     if not callable(getattr(sink, "send", None)):
         raise TypeError(
             f"expected the resource {key!r} to be an alert sink (an object with send(alert)), "
@@ -60,39 +60,105 @@ def _sink(resources: Any, key: str) -> Any:
     return sink
 
 
-class _Ledger:
-    """Alert ids already delivered, kept in the Dagster instance's key-value store.
+class DeliveryLedger:
+    """Alert ids already delivered, kept in the Dagster instance through a public API.
 
-    Dagster stores a sensor's cursor only when the tick completes, and a tick runs in the
-    code server while the daemon commits it: a daemon stopped between the two re-runs the
-    tick and would re-send its alerts. Recording each delivery right after the sink
-    accepted it closes that gap down to one local write; ``alert_id`` (``X-Alert-ID``)
-    lets receivers drop the rare duplicate left. Without an instance (unit tests) it is
-    a no-op.
+    Why it exists: Dagster stores a sensor's cursor only when the tick completes, and a
+    tick runs in the code server while the daemon commits it; a daemon stopped between the
+    sink's answer and that commit re-runs the tick, which would send its alerts again.
+    Recording each delivery right after the sink accepted it closes that gap down to one
+    local write; ``alert_id`` (``X-Alert-ID``) lets receivers drop the rare duplicate left.
+
+    Where: the keys of a dynamic partitions set named ``trainresults.delivered.<sensor>``
+    (``DagsterInstance.add_dynamic_partitions`` / ``get_dynamic_partitions`` /
+    ``delete_dynamic_partition``, public and documented; the same rows on SQLite and on
+    Postgres, written at once, not at the end of the tick). Each key is
+    ``<storage.stamp()>|<alert_id>``; keys older than ``retention_seconds`` (7 days) are
+    dropped at the end of a tick, long after the tick that wrote them was committed.
+    No asset uses that partitions set, so nothing shows in the UI.
+
+    The alternatives, and why not: the *sensor cursor* is committed with the tick, which
+    is exactly the gap to close; *run keys* de-duplicate runs a sensor requests, not what
+    the sensor does itself (sending each alert from a run of its own would need a run
+    launcher and a job for a webhook POST); the instance's key-value store
+    (``daemon_cursor_storage``) is not a public API. Without an instance (a context built
+    in a unit test without one) nothing is recorded.
     """
 
-    def __init__(self, instance: Any, sensor_name: str) -> None:
-        self._store = getattr(instance, "daemon_cursor_storage", None) if instance else None
-        self._prefix = f"trainresults/delivered/{sensor_name}/"
+    RETENTION_SECONDS = 7 * 86400.0
+
+    def __init__(
+        self, instance: Any, sensor_name: str, *, retention_seconds: float = RETENTION_SECONDS
+    ) -> None:
+        self._instance = instance
+        self.partitions_name = f"trainresults.delivered.{sensor_name}"
+        self.retention_seconds = retention_seconds
+        self._known: dict[str, str] | None = None  # alert id -> partition key
         self.skipped: set[str] = set()
 
+    def _load(self) -> dict[str, str]:
+        if self._known is None:
+            keys = self._instance.get_dynamic_partitions(self.partitions_name) if self._instance else []
+            self._known = {k.split("|", 1)[1]: k for k in keys if "|" in k}
+        return self._known
+
     def deliver(self, sink: Any, alert: dict[str, Any]) -> bool:
-        """Send unless already delivered; True when sent now."""
-        key = self._prefix + str(alert["alert_id"])
-        if self._store is not None and self._store.get_cursor_values({key}):
-            self.skipped.add(str(alert["alert_id"]))
+        """Send unless already delivered (then it is listed in ``skipped``); True if sent."""
+        aid = str(alert["alert_id"])
+        known = self._load()
+        if aid in known:
+            self.skipped.add(aid)
             return False
         sink.send(alert)
-        if self._store is not None:
-            self._store.set_cursor_values({key: storage.iso()})
+        if self._instance is not None:
+            key = f"{storage.stamp()}|{aid}"
+            self._instance.add_dynamic_partitions(self.partitions_name, [key])
+            known[aid] = key
         return True
 
+    def prune(self, now: float | None = None) -> int:
+        """Drop records older than the retention; returns how many were dropped."""
+        if self._instance is None or self._known is None:
+            return 0
+        cutoff = (time.time() if now is None else now) - self.retention_seconds
+        old = [(a, k) for a, k in self._known.items() if (storage.parse_stamp(k) or 0.0) < cutoff]
+        for aid, key in old:
+            self._instance.delete_dynamic_partition(self.partitions_name, key)
+            del self._known[aid]
+        return len(old)
 
-def _instance_or_none(context: dg.SensorEvaluationContext) -> Any:
+
+def _instance_or_none(context: Any) -> Any:
     try:
         return context.instance
     except dg.DagsterInvariantViolationError:  # a context built in a test without one
         return None
+
+
+def _with_resource_params(fn: Any, context_type: Any, keys: Sequence[str]) -> Any:
+    """Declare ``keys`` as resource parameters of ``fn(context, **resources)``.
+
+    Why: Dagster hands a sensor its resources as keyword arguments named after the keys,
+    both in the daemon and when a test invokes the sensor directly
+    (``sensor(dg.build_run_status_sensor_context(..., resources=...))``); the direct path
+    passes every *required* key, so a function that only reads ``context.resources`` fails
+    with ``TypeError: unexpected keyword argument``. The keys are chosen by the user
+    (``alert_sink_key``, ``s3_key``), so the parameters cannot be written out; an explicit
+    ``__signature__`` (which Dagster reads for resource parameters) declares them, typed
+    ``dg.ResourceParam``, and Dagster then derives the required keys from it.
+    """
+    for key in keys:
+        if not key.isidentifier() or key == "context":
+            raise ValueError(
+                f"expected a resource key that is a Python identifier other than 'context', "
+                f"got {key!r}"
+            )
+    params = [inspect.Parameter("context", inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                annotation=context_type)]
+    params += [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY,
+                                 annotation=dg.ResourceParam[Any]) for k in keys]
+    fn.__signature__ = inspect.Signature(params)
+    return fn
 
 
 def _secrets_of(*resources: Any) -> list[str]:
@@ -115,6 +181,8 @@ def build_failed_run_sensor(
     s3_key: str | None = None,
     include_v1: bool = True,
     v1_rescan_seconds: float = V1_RESCAN_SECONDS,
+    include_records: bool = True,
+    records_rescan_seconds: float = RECORDS_RESCAN_SECONDS,
     max_runs_per_tick: int = 100,
     overlap_seconds: float = OVERLAP_SECONDS,
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
@@ -122,10 +190,13 @@ def build_failed_run_sensor(
 ) -> dg.SensorDefinition:
     """A sensor that alerts once per failed Ray Train run under ``storage_path``.
 
-    Finds V2 runs whose ``RunRecorder`` recorded a terminal failure and V1 runs with a trial
-    in state ``ERROR`` (see ``alerts.scan``). Each tick costs a listing of what is new
-    plus one read per new failed run; the cursor (JSON, stored by Dagster) carries the rest.
-    On its first tick it reports every failed run already in storage.
+    Finds V2 runs whose ``RunRecorder`` recorded a terminal failure (through its failure
+    journal every tick, and through the run folders' records every
+    ``records_rescan_seconds``, for failures the journal missed) and V1 runs with a trial in
+    state ``ERROR`` (see ``alerts.scan``). Each tick costs a listing of what is new plus one
+    read per new failed run; the cursor (JSON, stored by Dagster) carries the rest. On its
+    first tick it reports every failed run already in storage. Each alert is sent once,
+    across daemon restarts too (``DeliveryLedger``).
 
     Args:
         storage_path: the runs' ``RunConfig.storage_path``: a local folder or ``s3://...``.
@@ -141,6 +212,13 @@ def build_failed_run_sensor(
         v1_rescan_seconds: how often to look for *new* V1 experiments (each look costs a
             ``stat`` per top-level folder locally, one LIST per 1,000 objects on S3); known
             unfinished ones are checked every tick.
+        include_records: also find failed runs whose journal entry is missing (the journal
+            write failed, ``RunRecorder(journal=False)``, run folders synced in from
+            elsewhere) from the run folders' own records.
+        records_rescan_seconds: how often that discovery pass runs (default 300 s; it
+            costs a walk of the run folders locally, the same flat listing as the V1 pass on
+            S3, plus one read per record changed since the last pass). Such a failure is
+            alerted within this interval plus the sensor interval.
         max_runs_per_tick: runs read per tick at most; the rest wait for the next tick.
         overlap_seconds: how late a journal entry may appear (clock skew between writers)
             and still be found.
@@ -153,22 +231,12 @@ def build_failed_run_sensor(
     if minimum_interval_seconds < 1:
         raise ValueError(f"expected minimum_interval_seconds >= 1, got {minimum_interval_seconds!r}")
     is_s3 = storage.split_scheme(storage_path)[0] == "s3"
-    keys = {k for k in (alert_sink_key, s3_key if is_s3 else None) if k}
+    keys = [k for k in (alert_sink_key, s3_key if is_s3 else None) if k]
 
-    @dg.sensor(
-        name=name,
-        minimum_interval_seconds=minimum_interval_seconds,
-        description=description
-        or f"Alerts on failed Ray Train runs under {storage_path}"
-        + (f" and requests {job.name} for each" if job is not None else ""),
-        job=job,
-        default_status=default_status,
-        required_resource_keys=keys,
-    )
-    def _failed_runs(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-        sink = _sink(context.resources, alert_sink_key) if alert_sink_key else None
-        ledger = _Ledger(_instance_or_none(context), name)
-        s3 = resource(context.resources, s3_key) if is_s3 and s3_key else None
+    def _failed_runs(context: dg.SensorEvaluationContext, **resources: Any) -> dg.SensorResult:
+        sink = _sink(resources[alert_sink_key], alert_sink_key) if alert_sink_key else None
+        ledger = DeliveryLedger(_instance_or_none(context), name)
+        s3 = resources.get(s3_key) if is_s3 and s3_key else None
         client = None
         if is_s3:
             settings = s3_settings(s3)
@@ -184,11 +252,15 @@ def build_failed_run_sensor(
             deliver=functools.partial(ledger.deliver, sink) if sink is not None else None,
             include_v1=include_v1,
             v1_rescan_seconds=v1_rescan_seconds,
+            include_records=include_records,
+            records_rescan_seconds=records_rescan_seconds,
             max_runs=max_runs_per_tick,
             overlap_seconds=overlap_seconds,
             max_read_attempts=MAX_READ_ATTEMPTS,
             secrets=_secrets_of(s3, sink),
         )
+        ledger.prune()
+
         for problem in outcome.problems:
             context.log.warning(problem)
         for run in outcome.found + outcome.redelivered:
@@ -223,7 +295,15 @@ def build_failed_run_sensor(
             reason += f"; {len(outcome.problems)} problem(s), see the tick log"
         return dg.SensorResult(skip_reason=reason, cursor=outcome.cursor)
 
-    return _failed_runs
+    return dg.sensor(
+        name=name,
+        minimum_interval_seconds=minimum_interval_seconds,
+        description=description
+        or f"Alerts on failed Ray Train runs under {storage_path}"
+        + (f" and requests {job.name} for each" if job is not None else ""),
+        job=job,
+        default_status=default_status,
+    )(_with_resource_params(_failed_runs, dg.SensorEvaluationContext, keys))
 
 
 # --------------------------------------------------------------------------------------
@@ -304,8 +384,11 @@ def step_failure_alert(
     context.setdefault("error_type", error_type)
     context.setdefault("message", (user.description if user else None) or message)
     if not context.get("worker_failures") and context.get("message"):
-        # Ray's TrainingFailedError lists "[Rank N]: Type: msg" lines: keep them per rank.
-        context["worker_failures"] = dict(_RANK_LINE.findall(str(context["message"])))
+        # Ray's WorkerGroupError lists each group of ranks as "[Rank 0,1 Error Snippet]:"
+        # followed by a traceback: keep the error line per rank.
+        context["worker_failures"] = {
+            str(k): v for k, v in rank_failures_from_message(str(context["message"])).items()
+        }
     url = None
     if webserver_base_url:
         url = f"{webserver_base_url.rstrip('/')}/runs/{run.run_id}"
@@ -352,12 +435,13 @@ def build_training_failure_sensor(
             f"expected webserver_base_url like 'http://localhost:3000', got {webserver_base_url!r}"
         )
 
-    def _on_failure(context: dg.RunStatusSensorContext) -> None:
+    def _on_failure(context: dg.RunStatusSensorContext, **resources: Any) -> None:
         failure = context.for_run_failure()
-        sink = _sink(context.resources, alert_sink_key)
-        ledger = _Ledger(failure.instance, name)
+        sink = _sink(resources[alert_sink_key], alert_sink_key)
+        ledger = DeliveryLedger(_instance_or_none(failure), name)
         nodes = _training_nodes(failure.repository_def)
-        record = failure.instance.get_run_record_by_id(failure.dagster_run.run_id)
+        instance = _instance_or_none(failure)
+        record = instance.get_run_record_by_id(failure.dagster_run.run_id) if instance else None
         failed_at = record.end_time if record is not None else None
         errors = []
         for event in failure.get_step_failure_events():
@@ -374,8 +458,14 @@ def build_training_failure_sensor(
             try:
                 if ledger.deliver(sink, alert):
                     failure.log.info(f"alert sent for training step {event.step_key!r}")
+                else:
+                    failure.log.info(
+                        f"alert for training step {event.step_key!r} was already delivered "
+                        "by an interrupted tick; not sending it again"
+                    )
             except Exception as exc:  # noqa: BLE001 - send the others, then report
                 errors.append(f"step {event.step_key!r}: {type(exc).__name__}: {exc}")
+        ledger.prune()
         if errors:
             raise RuntimeError(
                 f"could not deliver {len(errors)} training-failure alert(s) for run "
@@ -385,11 +475,12 @@ def build_training_failure_sensor(
     return dg.RunStatusSensorDefinition(
         name=name,
         run_status=dg.DagsterRunStatus.FAILURE,
-        run_status_sensor_fn=_on_failure,
+        run_status_sensor_fn=_with_resource_params(
+            _on_failure, dg.RunStatusSensorContext, [alert_sink_key]
+        ),
         minimum_interval_seconds=minimum_interval_seconds,
         description=description or "Alerts with the training context when a training step fails",
         monitored_jobs=list(monitored_jobs) if monitored_jobs else None,
         monitor_all_code_locations=monitor_all_code_locations,
         default_status=default_status,
-        required_resource_keys={alert_sink_key},
     )

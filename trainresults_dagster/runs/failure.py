@@ -279,3 +279,51 @@ def rank_order(rank: Any) -> tuple[int, str]:
         return (int(rank), "")
     except (TypeError, ValueError):
         return (1 << 30, str(rank))
+
+
+# --------------------------------------------------------------------------------------
+# Ray's per-rank failure text
+# --------------------------------------------------------------------------------------
+
+#: Ray 2.60 ``WorkerGroupPollStatus.get_error_string`` (``ray/train/v2/_internal/execution/
+#: worker_group/poll.py``) groups ranks whose errors differ only in numbers and writes each
+#: group as ``[Rank 0,1 Error Snippet]:`` on its own line, then the first rank's error:
+#: for a user exception its whole traceback, possibly cut in the middle by
+#: ``_truncate_error_string``. ``TrainingError.from_worker_exceptions`` writes ``[Rank 0]: ...``.
+_RANK_HEADER = re.compile(r"^\s*\[Rank ([\d,\s]+?)(?: Error Snippet)?\]:[ \t]*(.*)$", re.M)
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit|Warning|Failure)"
+                             r"\b.*$|^[A-Za-z_][\w.]*: .+$")
+
+
+def rank_failures_from_message(message: str) -> dict[int, str]:
+    """``{rank: "Type: message"}`` from the text of a Ray ``WorkerGroupError`` (what a step
+    that let ``trainer.fit()`` raise leaves in its error), in either format above. For a
+    traceback the rank gets its last exception line (the one Python prints last); for any
+    other snippet (a health-check failure) its first line."""
+    headers = list(_RANK_HEADER.finditer(message))
+    out: dict[int, str] = {}
+    for i, match in enumerate(headers):
+        end = headers[i + 1].start() if i + 1 < len(headers) else len(message)
+        inline = match.group(2).strip()
+        body = message[match.end():end].strip("\n")
+        text = inline or _error_line(body)
+        if not text:
+            continue
+        for rank in match.group(1).split(","):
+            if rank.strip().isdigit():
+                out[int(rank)] = text
+    return out
+
+
+def _error_line(snippet: str) -> str:
+    lines = [ln.rstrip() for ln in snippet.splitlines() if ln.strip()]
+    if not lines:
+        return ""
+    if any(ln.startswith("Traceback (most recent call last)") for ln in lines):
+        # The exception line starts at column 0; frames and source lines are indented.
+        for line in reversed(lines):
+            if not line[0].isspace() and _EXCEPTION_LINE.match(line) and not line.startswith(
+                ("Traceback", "During handling", "The above exception")
+            ):
+                return line.strip()
+    return lines[0].strip()
