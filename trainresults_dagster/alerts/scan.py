@@ -8,9 +8,10 @@ tick; scripts and the benchmark can call it directly. It composes two sources ov
   time-named file to the failure journal; a tick lists only names after a start-after
   marker that trails the newest name by ``overlap_seconds`` and reads only the new runs.
   V2 runs *without* the recorder cannot be found: Ray Train V2 stores no error or status.
-* **V1 runs** (``RAY_TRAIN_V2_ENABLED=0``, ``_v1``) have no journal: trial status ``ERROR`` is read
-  from ``experiment_state-*.json`` (JSON only, never ``*.pkl``), and only for experiments
-  whose state file changed. Finding new V1 experiments costs one look at every top-level
+* **V1 runs and Ray Tune sweeps** (``RAY_TRAIN_V2_ENABLED=0``, ``tune.Tuner``; ``_v1``) have
+  no journal: trial status ``ERROR`` is read from ``experiment_state-*.json`` (JSON only,
+  never ``*.pkl``), and only for experiments whose state file changed; failed trials are
+  alerted one per trial or one per experiment (``trial_alerts``). Finding new V1 experiments costs one look at every top-level
   folder (local: one directory read and a ``stat`` each; object stores: one flat listing,
   1 request per 1,000 objects), so this *discovery pass* runs at most every
   ``v1_rescan_seconds`` (default 5 minutes) and on the first pass; V1 experiments already
@@ -38,7 +39,7 @@ from trainresults_dagster.errors import TrainResultsError
 
 from ._journal import JournalSource
 from ._tick import FailedRun, ScanState, Tick
-from ._v1 import V1Source
+from ._v1 import TrialAlerts, V1Source
 
 OVERLAP_SECONDS = 600.0
 MAX_READ_ATTEMPTS = 5
@@ -63,6 +64,7 @@ def scan_failed_runs(
     deliver: Callable[[dict[str, Any]], None] | None = None,
     include_v1: bool = True,
     v1_rescan_seconds: float = V1_RESCAN_SECONDS,
+    trial_alerts: TrialAlerts = "per_trial",
     max_runs: int = 100,
     overlap_seconds: float = OVERLAP_SECONDS,
     max_read_attempts: int = MAX_READ_ATTEMPTS,
@@ -80,6 +82,10 @@ def scan_failed_runs(
             pass. Without it the alerts are only returned.
         include_v1: also look for failed V1 experiments; ``v1_rescan_seconds`` spaces the
             passes that look for *new* ones (each costs a look at every top-level folder).
+        trial_alerts: for V1 experiments and Ray Tune sweeps, ``"per_trial"`` sends one
+            alert per failed trial (its error, config, last checkpoint and metrics);
+            ``"per_experiment"`` one per experiment listing the trials that failed since the
+            last look, each with its error and config.
         max_runs: runs read per pass at most (the rest wait for the next pass).
         secrets: strings to remove from alerts (credentials the caller knows of).
     """
@@ -97,7 +103,7 @@ def scan_failed_runs(
         max_read_attempts=max_read_attempts,
         secrets=secrets,
     )
-    journal, v1 = JournalSource(tick), V1Source(tick)
+    journal, v1 = JournalSource(tick), V1Source(tick, trial_alerts=trial_alerts)
     # A listing error raises before anything is sent, so the tick fails without side effects.
     names = journal.list_journal(journal.start_after(state))
     # Runs that could not be read, or whose alert was not taken, on earlier ticks.
@@ -105,7 +111,7 @@ def scan_failed_runs(
         entry = state.pending.get(key)
         if entry is None or not tick.take():
             continue
-        source = v1 if key.startswith("v1:") else journal
+        source = v1 if key.startswith(("v1:", "v1x:")) else journal
         source.retry(state, key, first=not entry.get("deliver"))
     journal.scan_journal(state, names)
     if include_v1:
