@@ -31,9 +31,8 @@ from trainresults_dagster.runs.experiment import (
     is_state_file,
     read_experiment_state,
 )
-from trainresults_dagster.runs.failure import first_line
 from trainresults_dagster.runs.result import training_context
-from trainresults_dagster.runs.tune import read_trial
+from trainresults_dagster.runs.tune import failed_trials_message, read_trial
 
 from ._tick import ScanState, Tick
 from .alert import alert_id, build_alert
@@ -277,11 +276,9 @@ class V1Source:
         context = {
             "run_uri": exp_uri,
             "error_type": types[0] if len(types) == 1 else "MultipleErrors",
-            "message": "\n".join(
-                [f"{len(ids)} trial(s) of {folder} failed"
-                 + (f" (of {num_trials})" if num_trials is not None else "") + ":"]
-                + [f"{r['trial_id']}: {r.get('error_type')}: {first_line(r.get('message') or '')}"
-                   for r in reports]
+            "message": failed_trials_message(
+                folder, [(r["trial_id"], r.get("error_type"), r.get("message")) for r in reports],
+                num_trials,
             ),
             "worker_failures": {},
             "last_checkpoint_uri": None,

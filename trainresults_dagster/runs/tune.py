@@ -604,6 +604,36 @@ def trial_score(
     return statistics.fmean([f for f in finite if f is not None]), ""
 
 
+def failed_trials_message(
+    name: str, failures: list[tuple[str, str | None, str | None]], num_trials: int | None
+) -> str:
+    """``"2 trial(s) of sweep failed (of 4):"`` then one ``"<id>: <Type>: <first line>"`` each."""
+    head = f"{len(failures)} trial(s) of {name} failed" + (
+        f" (of {num_trials})" if num_trials is not None else "") + ":"
+    return "\n".join([head] + [f"{trial_id}: {error_type}: {first_line(message or '')}"
+                               for trial_id, error_type, message in failures])
+
+
+def sweep_context(grid: TrainResultGrid) -> dict[str, Any]:
+    """The training context (``runs.failure.CONTEXT_KEYS``) of a sweep: its URI, the
+    errored trials' common error type (``"MultipleErrors"`` when they differ) and one line
+    per errored trial; a sweep has no single last checkpoint."""
+    errored = grid.errored_trials
+    types = sorted({t.error.error_type for t in errored if t.error is not None})
+    message = failed_trials_message(
+        grid.name, [(t.trial_id, t.error.error_type if t.error else None,
+                     t.error.message if t.error else None) for t in errored], len(grid.trials)
+    ) if errored else None
+    return {
+        "run_uri": grid.uri,
+        "error_type": types[0] if len(types) == 1 else ("MultipleErrors" if types else None),
+        "message": message,
+        "worker_failures": {},
+        "last_checkpoint_uri": None,
+        "last_metrics": None,
+    }
+
+
 def trials_frame(grid: TrainResultGrid) -> pd.DataFrame:
     import pandas as pd
 
