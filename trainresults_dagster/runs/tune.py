@@ -367,7 +367,8 @@ class TrainResultGrid:
     ) -> pd.DataFrame:
         """Ray's ``ResultGrid.get_dataframe``: one row per trial, its last report (or, with
         ``filter_metric``/``filter_mode``, its report with the best finite value), nested
-        keys and the config flattened with ``/``, plus ``logdir``."""
+        keys and the config flattened with ``/``, plus ``logdir`` (which Ray 2.60 fills
+        with the trial id; ``trials_table`` has the trial's URI)."""
         import pandas as pd
 
         if filter_mode is not None:
@@ -388,7 +389,7 @@ class TrainResultGrid:
                     row = max(scored, key=lambda vr: sign * vr[0])[1]
             flat = flatten_metrics(row)
             flat.update({f"config/{k}": v for k, v in flatten_metrics(trial.config).items()})
-            flat["logdir"] = trial.path
+            flat["logdir"] = trial.trial_id  # as Ray 2.60's (its rows are keyed by trial id)
             rows.append(flat)
         return pd.DataFrame(rows)
 
