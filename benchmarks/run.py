@@ -22,6 +22,7 @@ SUITE = [
     ("copy", "benchmarks.bench_registry"),
     ("inference", "benchmarks.bench_inference"),
     ("sensor", "benchmarks.bench_sensor"),
+    ("tune", "benchmarks.bench_tune"),
     ("import", "benchmarks.bench_import"),
 ]
 COLUMNS = ["benchmark", "ours", "anchor", "ratio", "goal", "pass"]

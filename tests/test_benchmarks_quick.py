@@ -17,6 +17,7 @@ def test_quick_benchmarks_run_and_print_the_table():
     table = [ln for ln in out.stdout.splitlines() if ln.startswith("| ")]
     names = [ln.split("|")[1].strip() for ln in table[1:]]
     for expected in ("read S3 requests", "load_input S3 requests", "register",
-                     "batch inference throughput", "sensor tick", "import trainresults_dagster"):
+                     "batch inference throughput", "sensor tick", "read sweep S3 requests",
+                     "import trainresults_dagster"):
         assert any(n.startswith(expected) for n in names), (expected, names)
     assert not any("| error |" in ln for ln in table), out.stderr[-3000:]

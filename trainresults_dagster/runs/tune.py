@@ -10,8 +10,8 @@ read by the same code as a single V1 run. What is read, JSON and text only:
   evicted ones) and one GET of ``result.json`` (every report, including metric-only ones, and
   the metrics of each checkpoint), plus ``error.txt`` when it failed.
 
-So a read costs 2 + 2 requests per trial (3 for a failed one) on S3, however many
-checkpoints each trial kept. ``tuner.pkl``, ``basic-variant-state-*.json``, ``params.pkl``,
+So a read costs 2 requests plus about 3 per trial on S3 (a LIST, and a HEAD and a GET per
+file: pyarrow heads every object it opens), however many checkpoints each trial kept. ``tuner.pkl``, ``basic-variant-state-*.json``, ``params.pkl``,
 ``error.pkl`` and the checkpoint manager (pickled inside the state) are never opened, which
 is why ``best_checkpoints`` lists every retained checkpoint in report order: Ray's own
 ordering needs the ``CheckpointConfig`` that only the pickles hold.
