@@ -111,7 +111,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.json:
         summary = result.summary()
         summary["checkpoints"] = [
-            {"name": c.name, "uri": c.uri, "metrics": m} for c, m in result.checkpoints_with_metrics()
+            {"name": c.dir_name, "uri": c.uri, "metrics": m} for c, m in result.checkpoints_with_metrics()
         ]
         print(json.dumps(summary, default=str, indent=2))
         return EXIT_OK
@@ -124,8 +124,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if pairs:
         keys = sorted({k for _, m in pairs for k, v in flatten_metrics(m).items()
                        if isinstance(v, int | float) and not isinstance(v, bool)})[:6]
-        latest = result.checkpoint.name if result.checkpoint else None
-        rows = [[c.name + (" *" if c.name == latest else "")] + [flatten_metrics(m).get(k, "") for k in keys]
+        latest = result.checkpoint.dir_name if result.checkpoint else None
+        rows = [[c.dir_name + (" *" if c.dir_name == latest else "")] + [flatten_metrics(m).get(k, "") for k in keys]
                 for c, m in pairs]
         print()
         print(_table(["checkpoint (* latest)"] + keys, rows))
@@ -149,7 +149,7 @@ def cmd_best(args: argparse.Namespace) -> int:
             import trainresults_dagster.storage as storage
 
             print(json.dumps(storage.json_value({
-                "uri": best.checkpoint.uri, "name": best.checkpoint.name,
+                "uri": best.checkpoint.uri, "name": best.checkpoint.dir_name,
                 "metrics": best.metrics, "trial_id": best.trial.trial_id,
                 "trial_status": best.trial.trial_status, "config": best.trial.config,
                 "trial_uri": best.trial.uri,
@@ -161,7 +161,7 @@ def cmd_best(args: argparse.Namespace) -> int:
     ckpt, metrics = select_best_checkpoint(result, args.metric, args.mode, ties=args.ties,
                                            scope=args.scope)
     if args.json:
-        print(json.dumps({"uri": ckpt.uri, "name": ckpt.name, "metrics": metrics}, default=str))
+        print(json.dumps({"uri": ckpt.uri, "name": ckpt.dir_name, "metrics": metrics}, default=str))
     else:
         print(ckpt.uri)
     return EXIT_OK

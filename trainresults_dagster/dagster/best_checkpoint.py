@@ -42,7 +42,7 @@ def _ranking(runs: list[TrainResult], metric: str, chosen: Checkpoint, scope: st
             raw = lookup_metric(metrics, metric)
             value = finite_number(raw)
             row = {
-                "checkpoint": ckpt.name,
+                "checkpoint": ckpt.dir_name,
                 "report_index": run.report_index_of(ckpt, default=-1),
                 "value": value,
                 "raw": "missing" if raw is MISSING else repr(raw),
@@ -134,7 +134,8 @@ def build_best_checkpoint_asset(
             run = as_train_result(result, what=what)
             chosen, metrics = select_best_checkpoint(run, metric, mode, ties=ties, scope=scope)
             candidates = [run]
-        checkpoint = Checkpoint(chosen.path, chosen.filesystem, metrics=metrics)
+        checkpoint = Checkpoint(chosen.path, chosen.filesystem, metrics=metrics,
+                                dir_name=chosen.dir_name)
         value = finite_number(lookup_metric(metrics, metric))
         where = f" (trial {extra['trial_id']})" if extra else ""
         context.log.info(f"best checkpoint by {metric} ({mode}): {checkpoint.uri}{where} = {value}")

@@ -155,7 +155,7 @@ def result_metadata(
     checkpoints="copy"), so the UI links to what stays valid.
     """
     def uri_of(ckpt: Any) -> str:
-        return (checkpoint_uris or {}).get(ckpt.name) or ckpt.uri
+        return (checkpoint_uris or {}).get(ckpt.dir_name) or ckpt.uri
 
     checkpoints = result.checkpoints
     frame = result.metrics_dataframe
@@ -251,7 +251,7 @@ def sweep_metadata(
                 log.warning(f"no best checkpoint to show: {exc}")
         else:
             value = finite_number(lookup_metric(best.metrics, grid.metric))
-            uri = (checkpoint_uris or {}).get(f"{best.trial.trial_id}/{best.checkpoint.name}")
+            uri = (checkpoint_uris or {}).get(f"{best.trial.trial_id}/{best.checkpoint.dir_name}")
             if value is not None:
                 md[f"best/{grid.metric}"] = dg.MetadataValue.float(value)
             md["best_trial_id"] = dg.MetadataValue.text(best.trial.trial_id)

@@ -27,7 +27,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 import trainresults_dagster.storage as storage
-from trainresults_dagster.errors import CorruptRunError, UnsafePathError
+from trainresults_dagster.errors import CorruptRunError
 
 STATE_PREFIX = "experiment_state-"
 #: What a pickled part of the state file reads as (it is never decoded).
@@ -144,7 +144,9 @@ def _parse_trial(item: Any, index: int, where: str) -> TrialState:
     trial_id = trial["trial_id"]
     logdir = trial.get("relative_logdir")
     if logdir is not None:
-        logdir = safe_relative(logdir, what=f"{what}.relative_logdir", where=where)
+        # A name read from storage (trial_dirname_creator may nest it): it must not lead
+        # out of the experiment.
+        logdir = storage.safe_relative(logdir, what=f"{what}.relative_logdir", where=where)
     status = trial.get("status")
     failures = meta.get("num_failures")
     error_file = meta.get("error_filename")
@@ -161,18 +163,6 @@ def _parse_trial(item: Any, index: int, where: str) -> TrialState:
         last_result=_dict(meta.get("last_result")),
         metric_analysis=_dict(meta.get("metric_analysis")),
     )
-
-
-def safe_relative(name: Any, *, what: str, where: str) -> str:
-    """A relative folder path read from storage (``trial_dirname_creator`` may nest it):
-    every component must be a plain name, so it cannot lead out of the experiment."""
-    if not isinstance(name, str) or not name.strip("/") or name.startswith("/"):
-        raise UnsafePathError(
-            f"expected {what} to be a relative folder name, got {name!r} in {where}"
-        )
-    for part in name.rstrip("/").split("/"):
-        storage.safe_name(part, what=what, where=where)
-    return name.rstrip("/")
 
 
 def _dict(value: Any) -> dict[str, Any]:

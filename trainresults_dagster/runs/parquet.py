@@ -36,7 +36,7 @@ def frame_to_parquet(frame: pd.DataFrame) -> tuple[bytes, list[str]]:
             continue
         try:
             kind = pa.array(column, from_pandas=True).type
-        except (pa.ArrowException, TypeError, ValueError):
+        except (pa.ArrowException, TypeError, ValueError, OverflowError):
             kind = None
         plain = kind is not None and (
             pa.types.is_string(kind) or pa.types.is_large_string(kind)
@@ -56,6 +56,7 @@ def frame_to_parquet(frame: pd.DataFrame) -> tuple[bytes, list[str]]:
 def read_parquet_frame(
     fs: pafs.FileSystem, path: str, json_columns: list[str], *, what: str = "metrics file"
 ) -> pd.DataFrame:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     where = storage.to_uri(fs, path)
@@ -68,10 +69,12 @@ def read_parquet_frame(
         table = storage.call(_read, what="read", where=where)
     except FileNotFoundError as exc:
         raise CorruptRunError(f"expected the {what} {where}, but it is gone") from exc
-    except OSError as exc:
-        if "parquet" in str(exc).lower() or "magic" in str(exc).lower():
-            raise CorruptRunError(f"expected a Parquet {what} at {where}: {exc}") from exc
-        raise
+    except (pa.ArrowException, OSError) as exc:
+        if storage.is_transient(exc) or isinstance(exc, storage.StorageError):
+            raise  # the store failed, not the file
+        raise CorruptRunError(
+            f"expected a Parquet {what} at {where}, but it cannot be read: {exc}"
+        ) from exc
     frame = table.to_pandas()
     for name in json_columns:
         if name in frame.columns:

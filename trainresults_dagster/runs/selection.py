@@ -111,7 +111,7 @@ def select_best_among(
             raw = lookup_metric(metrics, metric)
             value = finite_number(raw)
             if value is None:
-                seen.append(f"{label}{ckpt.name}: {describe_value(raw)}")
+                seen.append(f"{label}{ckpt.dir_name}: {describe_value(raw)}")
                 continue
             # Better value first; then the earlier run; then report order within the run.
             key = (sign * value, -position, tie_sign * run.report_index_of(ckpt, default=order))

@@ -89,6 +89,8 @@ class StoredVersion:
     #: checkpoint name -> where the stored version points (the copy, or the original)
     checkpoint_uris: dict[str, str] = field(default_factory=dict)
     manifest: dict[str, Any] = field(default_factory=dict)
+    #: what the caller should tell the user (e.g. an unreadable pointer that was replaced)
+    warnings: list[str] = field(default_factory=list)
 
 
 class ResultStore:
@@ -127,7 +129,15 @@ class ResultStore:
         version = new_version()
         parent = self.root if commit else f"{self.root}/{FAILED_DIR}"
         path = f"{parent}/{version}"
-        previous = self.current_version() if commit else None
+        warnings: list[str] = []
+        previous = None
+        if commit:
+            try:
+                previous = self.current_version()
+            except CorruptRunError as exc:
+                # A torn, foreign or hand-edited pointer must not block every later
+                # materialisation: the new, complete version replaces it.
+                warnings.append(f"replacing an unreadable pointer: {exc}")
 
         if isinstance(result, TrainResultGrid):
             schema, (body, mapping, copied) = SWEEP_SCHEMA, self._sweep_body(
@@ -157,14 +167,14 @@ class ResultStore:
         else:
             self._trim_failed(keep=version)
         return StoredVersion(version, path, storage.to_uri(self.filesystem, manifest_path),
-                             commit, copied, mapping, manifest)
+                             commit, copied, mapping, manifest, warnings)
 
     def _run_body(
         self, result: TrainResult, path: str, copy_checkpoints: bool
     ) -> tuple[dict[str, Any], dict[str, str], int]:
         data = result.to_dict()
         copied = 0
-        mapping = {c.name: c.uri for c in result.checkpoints}
+        mapping = {c.dir_name: c.uri for c in result.checkpoints}
         if copy_checkpoints:
             target = f"{path}/{CHECKPOINTS_DIR}"
             (mapping,), copied = self._copy_checkpoints([(result, target)])
@@ -185,7 +195,7 @@ class ResultStore:
         ``{"<trial id>/<checkpoint>": URI}``."""
         data = grid.to_dict()
         copied = 0
-        mapping = {f"{t.trial_id}/{c.name}": c.uri for t in grid.trials for c in t.checkpoints}
+        mapping = {f"{t.trial_id}/{c.dir_name}": c.uri for t in grid.trials for c in t.checkpoints}
         if copy_checkpoints:
             jobs: list[tuple[TrainResult, str]] = [
                 (trial, storage.safe_child(f"{path}/{CHECKPOINTS_DIR}", trial.trial_id,
@@ -219,10 +229,10 @@ class ResultStore:
         for result, target in jobs:
             mapping = {}
             for ckpt in result.checkpoints:
-                dst = storage.safe_child(target, ckpt.name, what="checkpoint folder name",
-                                         where=result.uri)
+                dst = storage.safe_descendant(target, ckpt.dir_name,
+                                              what="checkpoint folder name", where=result.uri)
                 pairs.append((ckpt, dst, result.uri))
-                mapping[ckpt.name] = storage.to_uri(self.filesystem, dst)
+                mapping[ckpt.dir_name] = storage.to_uri(self.filesystem, dst)
             mappings.append(mapping)
 
         def _one(job: tuple[Any, str, str]) -> int:
@@ -399,7 +409,7 @@ def _point_at_copies(data: dict[str, Any], result: TrainResult, mapping: dict[st
         entry["source_uri"] = entry["uri"]
         entry["uri"] = mapping[entry["name"]]
     if result.checkpoint is not None:
-        data["latest_uri"] = mapping[result.checkpoint.name]
+        data["latest_uri"] = mapping[result.checkpoint.dir_name]
 
 
 def score_config(result: TrainResult) -> dict[str, Any] | None:

@@ -542,7 +542,7 @@ def read_trial(fs: pafs.FileSystem, experiment: str, trial: TrialState) -> Trial
 
 def _trial_from_ray(result: Any) -> TrialResult:
     """A trial from a live ``ray.tune.Result`` (no storage read)."""
-    trial = TrialResult.from_ray(result)
+    trial = TrialResult.from_ray(result, read_storage=False)
     if not isinstance(trial, TrialResult):  # from_ray is a classmethod: cls is TrialResult
         raise TypeError(f"expected a TrialResult, got {type(trial).__name__}")
     metrics = result.metrics or {}
