@@ -389,3 +389,35 @@ def test_flattening_matches_rays_nested_names(grid):
     assert "eval/acc" in trial.metrics_dataframe.columns
     assert flatten_metrics(trial.metrics)["eval/acc"] == trial.metrics_dataframe["eval/acc"].iloc[-1]
     assert isinstance(grid.trials_table, pd.DataFrame)
+
+
+def test_train_run_inside_a_trial_gives_the_trial_its_checkpoints(tune_sweep, tmp_path):
+    """Ray 2.60's way to tune a Train V2 trainer: the trial calls trainer.fit() with
+    TuneReportCallback, so Tune keeps no checkpoint and each report names the Train run's
+    checkpoint in checkpoint_path (layout as Ray writes it: checkpoint_dir_name null)."""
+    copy = tmp_path / "sweep"
+    shutil.copytree(tune_sweep.path, copy)
+    trial_dir = next(d for d in copy.iterdir() if "kind=good_b" in d.name)
+    train_run = tmp_path / "train_runs" / "train-good_b"
+    train_run.mkdir(parents=True)
+    rows = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
+    for row in rows:
+        name = row["checkpoint_dir_name"]
+        row["checkpoint_dir_name"] = None
+        row.pop("should_checkpoint", None)
+        if name and (trial_dir / name).is_dir():
+            target = train_run / f"checkpoint_2026-12-02_00-00-0{row['step']}.000000"
+            shutil.move(trial_dir / name, target)
+            row["checkpoint_path"] = str(target)
+        elif name:  # evicted by Train's own retention: named by a report, gone from storage
+            row["checkpoint_path"] = str(train_run / "checkpoint_2026-12-02_00-00-00.000000")
+    (trial_dir / "result.json").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert not [d for d in trial_dir.iterdir() if d.name.startswith("checkpoint_")]
+
+    grid = trd.TrainResultGrid.from_path(copy, mode="min")
+    trial = by_kind(grid)["good_b"]
+    assert [c.path for c in trial.checkpoints] == sorted(str(p) for p in train_run.iterdir())
+    assert trial.checkpoint.path == str(train_run / "checkpoint_2026-12-02_00-00-03.000000")
+    assert [m["loss"] for _, m in trial.checkpoints_with_metrics()] == [0.45, 0.35]
+    assert grid.best_checkpoint(scope="last").checkpoint == trial.checkpoint
+    assert grid.trials_table.set_index("trial_id").at[trial.trial_id, "num_checkpoints"] == 2

@@ -11,7 +11,9 @@ read by the same code as a single V1 run. What is read, JSON and text only:
   the metrics of each checkpoint), plus ``error.txt`` when it failed.
 
 So a read costs 2 requests plus about 3 per trial on S3 (a LIST, and a HEAD and a GET per
-file: pyarrow heads every object it opens), however many checkpoints each trial kept. ``tuner.pkl``, ``basic-variant-state-*.json``, ``params.pkl``,
+file: pyarrow heads every object it opens), however many checkpoints each trial kept.
+A trial that runs a Ray Train trainer itself (``TuneReportCallback``) has the Train run's
+checkpoints, found through each report's ``checkpoint_path`` (one more LIST per trial). ``tuner.pkl``, ``basic-variant-state-*.json``, ``params.pkl``,
 ``error.pkl`` and the checkpoint manager (pickled inside the state) are never opened, which
 is why ``best_checkpoints`` lists every retained checkpoint in report order: Ray's own
 ordering needs the ``CheckpointConfig`` that only the pickles hold.
@@ -537,7 +539,37 @@ def read_trial(fs: pafs.FileSystem, experiment: str, trial: TrialState) -> Trial
     path = f"{experiment}/{trial.relative_logdir}"
     names = {i.base_name: i.type for i in storage.list_dir(fs, path)}
     fields = read_v1_trial(fs, path, names, trial=trial, lookup_state=False)
+    if not fields["best_checkpoints"]:
+        _link_train_checkpoints(fs, fields)
     return TrialResult(**fields, **extra)
+
+
+def _link_train_checkpoints(fs: pafs.FileSystem, fields: dict[str, Any]) -> None:
+    """Ray Train inside a Tune trial (the Ray 2.60 way to tune a Train V2 trainer: the
+    trial runs ``trainer.fit()`` with ``TuneReportCallback``). Tune then keeps no
+    checkpoint of its own; each report carries ``checkpoint_path``, the Train run's
+    checkpoint (a path without scheme, on the same storage). Those are the trial's
+    checkpoints: one LIST of each Train run folder (one per trial) says which of them
+    Train's retention left, so the cost stays constant in the number of checkpoints."""
+    reports = [(h["report_index"], h["metrics"]) for h in fields["history"]
+               if isinstance((h.get("metrics") or {}).get("checkpoint_path"), str)]
+    if not reports:
+        return
+    paths = {idx: storage.resolve(row["checkpoint_path"], fs)[1] for idx, row in reports}
+    present: set[str] = set()
+    for parent in sorted({p.rsplit("/", 1)[0] for p in paths.values()}):
+        present.update(i.path.rstrip("/") for i in storage.list_dir(fs, parent)
+                       if i.type == pafs.FileType.Directory)
+    pairs: list[tuple[Checkpoint, dict[str, Any]]] = []
+    indices: dict[str, int] = {}
+    for idx, row in reports:
+        path = paths[idx]
+        name = path.rsplit("/", 1)[-1]
+        if path in present and name not in indices:
+            pairs.append((Checkpoint(path, fs, metrics=row, dir_name=name), row))
+            indices[name] = idx
+    fields.update(best_checkpoints=pairs, checkpoint=pairs[-1][0] if pairs else None,
+                  report_indices=indices)
 
 
 def _trial_from_ray(result: Any) -> TrialResult:
