@@ -23,6 +23,7 @@ SUITE = [
     ("inference", "benchmarks.bench_inference"),
     ("sensor", "benchmarks.bench_sensor"),
     ("recorder", "benchmarks.bench_recorder"),
+    ("tune", "benchmarks.bench_tune"),
     ("import", "benchmarks.bench_import"),
 ]
 COLUMNS = ["benchmark", "ours", "anchor", "ratio", "goal", "pass"]

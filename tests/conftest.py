@@ -14,6 +14,10 @@ Fixtures (all session-scoped unless noted):
 * ``v1_runs`` -> ``{"v1_success": trial dir, "v1_failure": trial dir}`` (RAY_TRAIN_V2_ENABLED=0).
 * ``s3_runs`` -> ``{job name: "s3://runs/<name>"}``: the V2 and V1 runs uploaded to moto.
 * ``s3_direct_run`` -> ``"s3://direct/success_s3"``: a Ray run that wrote straight to moto.
+* ``tune_sweep`` -> ``TuneSweep``: ``path`` of a real 4-trial Ray Tune sweep
+  (``tests/tune_jobs``: one trial raises, one reports NaN, checkpoints with retention) and
+  ``live``, the ``ResultGrid`` ``Tuner.fit()`` returned (None when reused from the cache).
+* ``s3_sweep`` -> ``"s3://sweeps/sweep"``: the same sweep uploaded to moto.
 * ``copy_run`` (function-scoped) -> ``copy_run(name) -> path``: a private, writable copy of a
   V2 run under ``tmp_path`` (for tests that damage runs).
 """
@@ -37,6 +41,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 import ray_jobs  # noqa: E402
+import tune_jobs  # noqa: E402
 
 SECRET_KEY = "sEcReT-sentinel-9f8e7d6c5b4a"  # scanned for in tests: must never be written
 ACCESS_KEY = "AKIATRAINRESULTSTEST"
@@ -254,6 +259,38 @@ def s3_direct_run(moto: MotoS3, ray_session: str) -> str:
         spec=ray_jobs.JOBS["success"],
     )
     return "s3://direct/success_s3"
+
+
+class TuneSweep:
+    def __init__(self, path: str, live: Any = None) -> None:
+        self.path = path
+        self.live = live
+
+    def ray_grid(self) -> Any:
+        """What Ray itself gives for the folder: ``ResultGrid(ExperimentAnalysis(path))``
+        (the anchor; it unpickles the state, which is ours)."""
+        from ray.tune import ExperimentAnalysis, ResultGrid
+
+        return ResultGrid(ExperimentAnalysis(self.path, default_metric="loss", default_mode="min"))
+
+
+@pytest.fixture(scope="session")
+def tune_sweep(runs_root: Path, request: pytest.FixtureRequest) -> TuneSweep:
+    live: dict[str, Any] = {}
+
+    def make(_address: str) -> dict[str, str]:
+        storage = str(runs_root / "tune")
+        live["grid"] = tune_jobs.run_sweep(storage)
+        return {"sweep": os.path.join(storage, tune_jobs.NAME)}
+
+    runs = _cached(runs_root, "tune", request, make)
+    return TuneSweep(runs["sweep"], live.get("grid"))
+
+
+@pytest.fixture(scope="session")
+def s3_sweep(moto: MotoS3, tune_sweep: TuneSweep) -> str:
+    moto.client().create_bucket(Bucket="sweeps")
+    return moto.upload_dir(tune_sweep.path, "sweeps", "sweep")
 
 
 @pytest.fixture

@@ -18,6 +18,6 @@ def test_quick_benchmarks_run_and_print_the_table():
     names = [ln.split("|")[1].strip() for ln in table[1:]]
     for expected in ("read S3 requests", "load_input S3 requests", "register",
                      "batch inference throughput", "sensor tick", "recorder per report",
-                     "S3 PUTs for", "import trainresults_dagster"):
+                     "S3 PUTs for", "read sweep S3 requests", "import trainresults_dagster"):
         assert any(n.startswith(expected) for n in names), (expected, names)
     assert not any("| error |" in ln for ln in table), out.stderr[-3000:]

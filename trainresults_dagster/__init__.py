@@ -30,6 +30,7 @@ from trainresults_dagster.errors import (
     CorruptValueError,
     InferenceInputError,
     NoEligibleCheckpointError,
+    NoEligibleTrialError,
     NoSnapshotError,
     NotARunDirectoryError,
     OutputInUseError,
@@ -50,6 +51,7 @@ from trainresults_dagster.runs.failure import TrainingError
 from trainresults_dagster.runs.fit import fit
 from trainresults_dagster.runs.result import TrainResult
 from trainresults_dagster.runs.selection import select_best_checkpoint
+from trainresults_dagster.runs.tune import TrainResultGrid, TrialResult, TuneResult
 from trainresults_dagster.storage import S3Settings
 
 if TYPE_CHECKING:
@@ -128,6 +130,7 @@ __all__ = [
     "JsonIOManager",
     "ModelVersion",
     "NoEligibleCheckpointError",
+    "NoEligibleTrialError",
     "NoSnapshotError",
     "NotARunDirectoryError",
     "OutputInUseError",
@@ -141,8 +144,11 @@ __all__ = [
     "ServingTargetError",
     "StorageError",
     "TrainResult",
+    "TrainResultGrid",
     "TrainResultsError",
     "TrainingError",
+    "TrialResult",
+    "TuneResult",
     "UnsafePathError",
     "VersionNotFoundError",
     "WebhookAlertSink",

@@ -1,10 +1,14 @@
 """``trainresults``: the same library, for a terminal.
 
     trainresults inspect URI [--json]
-    trainresults best URI --metric M --mode min|max [--ties latest|earliest] [--json]
+    trainresults best URI --metric M --mode min|max [--scope all|last] [--ties latest|earliest]
+                      [--exclude-errored] [--json]
     trainresults registry --base PATH list|show|promote|rollback|history ...
     trainresults registry --base PATH verify MODEL [--alias A | --version V] [--hashes]
     trainresults registry --base PATH card MODEL VERSION
+
+URI is a Ray Train run folder (V2 run, V1 trial) or a Ray Tune experiment folder (a sweep:
+``inspect`` shows the trials table, ``best`` the best checkpoint across trials).
 
 S3 locations use the standard AWS environment (``AWS_ACCESS_KEY_ID``, ``AWS_REGION``,
 ``AWS_ENDPOINT_URL`` for S3-compatible stores). Exit codes: 0 ok, 2 usage, 3 bad or missing
@@ -70,9 +74,59 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(out)
 
 
+def _sweep(uri: str) -> Any:
+    """The sweep at ``uri`` when it is a Ray Tune experiment folder, else None."""
+    import trainresults_dagster.storage as storage
+
+    from .runs.experiment import is_state_file
+    from .runs.tune import TrainResultGrid
+
+    fs, path = storage.resolve(uri, _filesystem(uri))
+    if not any(is_state_file(i.base_name) for i in storage.list_dir(fs, path)):
+        return None
+    return TrainResultGrid.from_path(path, fs)
+
+
+def _inspect_sweep(grid: Any, as_json: bool) -> int:
+    from .runs.tune import AUTO_KEYS
+
+    table = grid.trials_table
+    if as_json:
+        import trainresults_dagster.storage as storage
+
+        summary = grid.summary()
+        summary["trials_table"] = table.to_dict(orient="records")
+        print(json.dumps(storage.json_value(summary), indent=2))  # NaN -> null: strict JSON
+        return EXIT_OK
+    print(f"sweep      {grid.uri}")
+    print(f"trials     {len(grid)}    errored {grid.num_errors}    terminated "
+          f"{grid.num_terminated}" + (f"    objective {grid.metric}" if grid.metric else ""))
+    config = [c for c in table.columns if str(c).startswith("config/")][:4]
+    skip = {"trial_id", "status", "error_type", "error", "num_checkpoints", "num_failures", "uri"}
+    metrics = [c for c in table.columns if c not in skip and c not in config
+               and str(c).split("/", 1)[0] not in AUTO_KEYS
+               and table[c].map(lambda v: isinstance(v, int | float) and not isinstance(v, bool)).all()][:5]
+    if len(table):
+        headers = ["trial_id", "status", "checkpoints", *config, *metrics]
+        rows = [[r["trial_id"], r["status"], r["num_checkpoints"], *[r[c] for c in config],
+                 *[r[c] for c in metrics]] for _, r in table.iterrows()]
+        print()
+        print(_table(headers, rows))
+    if grid.errored_trials:
+        print()
+        for trial in grid.errored_trials:
+            error = trial.error
+            first = error.message.splitlines()[0] if error and error.message else ""
+            print(f"error      {trial.trial_id}  {error.error_type if error else ''}: {first}")
+    return EXIT_OK
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from .runs.result import TrainResult
 
+    grid = _sweep(args.uri)
+    if grid is not None:
+        return _inspect_sweep(grid, args.json)
     result = TrainResult.from_path(args.uri, _filesystem(args.uri), missing_checkpoints="drop")
     if args.json:
         summary = result.summary()
@@ -133,8 +187,25 @@ def cmd_best(args: argparse.Namespace) -> int:
     from .runs.result import TrainResult
     from .runs.selection import select_best_checkpoint
 
+    grid = _sweep(args.uri)
+    if grid is not None:
+        best = grid.best_checkpoint(args.metric, args.mode, scope=args.scope, ties=args.ties,
+                                    include_errored=not args.exclude_errored)
+        if args.json:
+            import trainresults_dagster.storage as storage
+
+            print(json.dumps(storage.json_value({
+                "uri": best.checkpoint.uri, "name": best.checkpoint.dir_name,
+                "metrics": best.metrics, "trial_id": best.trial.trial_id,
+                "trial_status": best.trial.trial_status, "config": best.trial.config,
+                "trial_uri": best.trial.uri,
+            })))
+        else:
+            print(best.checkpoint.uri)
+        return EXIT_OK
     result = TrainResult.from_path(args.uri, _filesystem(args.uri), missing_checkpoints="drop")
-    ckpt, metrics = select_best_checkpoint(result, args.metric, args.mode, ties=args.ties)
+    ckpt, metrics = select_best_checkpoint(result, args.metric, args.mode, ties=args.ties,
+                                           scope=args.scope)
     if args.json:
         print(json.dumps({"uri": ckpt.uri, "name": ckpt.dir_name, "metrics": metrics}, default=str))
     else:
@@ -249,8 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="trainresults", description=(__doc__ or "").split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("inspect", help="summary of a run: metrics, checkpoints, error")
-    p.add_argument("uri", help="run folder: local path or s3://bucket/run")
+    p = sub.add_parser("inspect", help="summary of a run (metrics, checkpoints, error) or of a "
+                                       "Ray Tune sweep (the trials table)")
+    p.add_argument("uri", help="run or experiment folder: local path or s3://bucket/run")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_inspect)
 
@@ -259,6 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", required=True, help="metric name; nested as a/b")
     p.add_argument("--mode", required=True, choices=["min", "max"])
     p.add_argument("--ties", default="latest", choices=["latest", "earliest"])
+    p.add_argument("--scope", default="all", choices=["all", "last"],
+                   help="every checkpoint, or only the latest of each run (trial)")
+    p.add_argument("--exclude-errored", action="store_true",
+                   help="for a sweep: leave errored trials out")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_best)
 

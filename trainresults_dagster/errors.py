@@ -60,6 +60,11 @@ class NoEligibleCheckpointError(TrainResultsError, ValueError):
     """No checkpoint has a finite numeric value for the requested metric."""
 
 
+class NoEligibleTrialError(NoEligibleCheckpointError, RuntimeError):
+    """No trial of a sweep has a finite numeric value for the requested metric (Ray's
+    ``get_best_result`` raises ``RuntimeError`` here)."""
+
+
 class CorruptValueError(CorruptDataError):
     """A small value stored by ``JsonIOManager`` cannot be parsed."""
 

@@ -1,42 +1,59 @@
-"""The V1 source of the failed-run scan: failed trials of Ray Train V1 experiments.
+"""The V1 source of the failed-run scan: failed trials of Ray Tune sweeps and of Ray Train
+V1 experiments (which are one-trial Tune experiments).
 
-V1 (``RAY_TRAIN_V2_ENABLED=0``) writes no failure journal. An experiment folder holds
-``experiment_state-<session>.json`` whose ``trial_data`` gives each trial's status as
-plain JSON (the pickled parts are never decoded). Finding *new* experiments needs a look
-at every top-level folder, so that discovery pass is spaced by ``v1_rescan_seconds``;
+Neither writes a failure journal. An experiment folder holds
+``experiment_state-<session>.json`` whose ``trial_data`` gives each trial's status, config
+and folder as plain JSON (the pickled parts are never decoded, ``runs.experiment``).
+Failed trials are alerted one per trial (``trial_alerts="per_trial"``: the trial's error,
+config, last checkpoint and metrics) or one per experiment (``"per_experiment"``: the
+trials that failed since the last look, each with its error and config).
+
+Finding *new* experiments needs a look at every top-level folder, so that discovery pass
+is spaced by ``v1_rescan_seconds``;
 experiments already seen and not finished are re-checked every pass; a state file is only
-read when its name, time or size changed.
+read when its name, time or size changed. Each failed trial is read once (one LIST of its
+folder, its ``result.json`` and ``error.txt``).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow.fs as pafs
 
 import trainresults_dagster.storage as storage
 from trainresults_dagster.errors import RunNotFoundError, TrainResultsError
-from trainresults_dagster.runs.read import V1_STATE_PREFIX, read_run, v1_trial_states
-from trainresults_dagster.runs.result import TrainResult, training_context
+from trainresults_dagster.runs.experiment import (
+    TERMINAL_STATUSES,
+    ExperimentState,
+    TrialState,
+    is_state_file,
+    read_experiment_state,
+)
+from trainresults_dagster.runs.result import training_context
+from trainresults_dagster.runs.tune import failed_trials_message, read_trial
 
 from ._tick import ScanState, Tick
 from .alert import alert_id, build_alert
 
 #: Local folder times can be coarse (1-2 s on some filesystems, NFS): re-check that much.
 LOCAL_MTIME_SLACK_NS = 2_000_000_000
-_TERMINAL = ("TERMINATED", "ERROR")
-
-
-def _is_state(name: str) -> bool:
-    return name.startswith(V1_STATE_PREFIX) and name.endswith(".json")
+#: Failed trials described in one per-experiment alert (the count says how many failed).
+MAX_TRIALS_PER_ALERT = 50
+TrialAlerts = Literal["per_trial", "per_experiment"]
 
 
 class V1Source:
     """Failed V1 trials, found through experiment state files."""
 
-    def __init__(self, tick: Tick) -> None:
+    def __init__(self, tick: Tick, *, trial_alerts: TrialAlerts = "per_trial") -> None:
+        if trial_alerts not in ("per_trial", "per_experiment"):
+            raise ValueError(
+                f"expected trial_alerts 'per_trial' or 'per_experiment', got {trial_alerts!r}"
+            )
         self.tick = tick
+        self.trial_alerts = trial_alerts
 
     def _state_files(self, folder: str) -> list[tuple[str, int, int]]:
         """``(name, mtime_ns, size)`` of one folder's ``experiment_state-*.json`` files."""
@@ -45,7 +62,7 @@ class V1Source:
         return [
             (i.base_name, i.mtime_ns or 0, i.size or 0)
             for i in storage.list_dir(self.tick.fs, f"{self.tick.root}/{folder}")
-            if i.type == pafs.FileType.File and _is_state(i.base_name)
+            if i.type == pafs.FileType.File and is_state_file(i.base_name)
         ]
 
     def discover_v1(self, state: ScanState) -> dict[str, list[tuple[str, int, int]]]:
@@ -81,7 +98,7 @@ class V1Source:
         newest = state.v1_wm
         for rel, mtime, size in self.tick.flat_listing():
             folder, _, name = rel.partition("/")
-            if "/" in name or not _is_state(name) or folder.startswith(("_", ".")):
+            if "/" in name or not is_state_file(name) or folder.startswith(("_", ".")):
                 continue
             newest = max(newest, mtime)
             if mtime > window:
@@ -124,67 +141,156 @@ class V1Source:
         tracked = state.v1.setdefault(folder, {"fp": "", "alerted": [], "done": False})
         if tracked.get("fp") == fp:
             return
-        trials = v1_trial_states(self.tick.fs, f"{self.tick.root}/{folder}")
+        exp = read_experiment_state(self.tick.fs, f"{self.tick.root}/{folder}", [name])
+        trials = exp.trials if exp is not None else []
         alerted = set(tracked.get("alerted", []))
-        failed = sorted(t for t, i in trials.items() if i.get("status") == "ERROR" and t not in alerted)
-        dirs: list[str] = []
-        if failed:
-            self.tick.stats["lists"] += 1
-            dirs = [
-                i.base_name for i in storage.list_dir(self.tick.fs, f"{self.tick.root}/{folder}")
-                if i.type == pafs.FileType.Directory
-            ]
-        for trial_id in failed:
-            alerted.add(trial_id)
-            key = f"v1:{folder}/{trial_id}"
-            state.pending.setdefault(key, {"dirs": [d for d in dirs if trial_id in d]})
+        failed = [t for t in trials if t.status == "ERROR" and t.trial_id not in alerted]
+        if failed and self.trial_alerts == "per_experiment":
+            ids = sorted(t.trial_id for t in failed)
+            alerted.update(ids)
+            key = f"v1x:{folder}/{alert_id(*ids)[:16]}"
+            state.pending.setdefault(key, {"trials": ids})
             if self.tick.take():
-                alert = self.v1_trial(state, key)
+                alert = self.v1_experiment(state, key, exp)
                 if alert is not None:
                     self.tick.emit(state, key, alert, first=True)
+        else:
+            for trial in sorted(failed, key=lambda t: t.trial_id):
+                alerted.add(trial.trial_id)
+                key = f"v1:{folder}/{trial.trial_id}"
+                state.pending.setdefault(key, {"dirs": [trial.relative_logdir or ""]})
+                if self.tick.take():
+                    alert = self.v1_trial(state, key, exp)
+                    if alert is not None:
+                        self.tick.emit(state, key, alert, first=True)
         tracked.update(
             fp=fp,
             alerted=sorted(alerted),
-            done=bool(trials) and all(t.get("status") in _TERMINAL for t in trials.values()),
+            done=bool(trials) and all(t.status in TERMINAL_STATUSES for t in trials),
         )
         if tracked["done"] and not alerted:
             state.v1.pop(folder, None)
 
-    def v1_trial(self, state: ScanState, key: str) -> dict[str, Any] | None:
+    # ------------------------------------------------------------------ alerts
+    def _experiment(self, folder: str, exp: ExperimentState | None) -> ExperimentState:
+        if exp is None:
+            exp = read_experiment_state(self.tick.fs, f"{self.tick.root}/{folder}")
+        if exp is None:
+            raise RunNotFoundError(
+                f"expected experiment_state-*.json in {self.tick.uri}/{folder}, found none"
+            )
+        return exp
+
+    def _trial_report(self, folder: str, trial: TrialState) -> dict[str, Any]:
+        """What an alert says about one failed trial: its training context, id, config."""
+        self.tick.stats["runs_read"] += 1
+        result = read_trial(self.tick.fs, f"{self.tick.root}/{folder}", trial)
+        return {**training_context(result), "trial_id": trial.trial_id,
+                "trial_status": trial.status, "config": trial.config}
+
+    def _known_report(self, folder: str, trial: TrialState | None, trial_id: str) -> dict[str, Any]:
+        """What the state alone says, when the trial folder cannot be read."""
+        exp_uri = f"{self.tick.uri}/{folder}"
+        logdir = trial.relative_logdir if trial is not None else None
+        return {"run_uri": f"{exp_uri}/{logdir}" if logdir else exp_uri,
+                "error_type": "TrainingFailedError",
+                "message": f"trial {trial_id} ended in ERROR", "worker_failures": {},
+                "last_checkpoint_uri": None,
+                "last_metrics": trial.last_result if trial is not None else None,
+                "trial_id": trial_id, "trial_status": "ERROR",
+                "config": trial.config if trial is not None else {}}
+
+    def v1_trial(
+        self, state: ScanState, key: str, exp: ExperimentState | None = None
+    ) -> dict[str, Any] | None:
         """The alert for one failed trial (``key`` = ``v1:<folder>/<trial id>``), or None
         to retry later."""
         folder, trial_id = key[3:].rsplit("/", 1)
-        candidates = state.pending.get(key, {}).get("dirs") or []
         exp_uri = f"{self.tick.uri}/{folder}"
-        run_uri = f"{exp_uri}/{candidates[0]}" if len(candidates) == 1 else exp_uri
-        extra = {"run_name": folder, "trial_id": trial_id, "experiment_uri": exp_uri, "layout": "v1"}
+        extra: dict[str, Any] = {"run_name": folder, "experiment_uri": exp_uri, "layout": "v1"}
+        trial = None
         try:
-            if len(candidates) != 1:
-                raise RunNotFoundError(
-                    f"expected one trial folder for trial {trial_id} in {exp_uri}, "
-                    f"found {candidates!r}"
-                )
-            self.tick.stats["runs_read"] += 1
-            path = f"{self.tick.root}/{folder}/{candidates[0]}"
-            context = training_context(
-                TrainResult(**read_run(self.tick.fs, path, missing_checkpoints="drop"))
-            )
+            trial = _find(self._experiment(folder, exp), trial_id, exp_uri)
+            report = self._trial_report(folder, trial)
         except (TrainResultsError, OSError, ValueError) as exc:
             if not self.tick.read_failed(state, key, exc, f"V1 trial {trial_id} in {exp_uri}"):
                 return None
-            context = {"run_uri": run_uri, "error_type": "TrainingFailedError",
-                       "message": f"trial {trial_id} ended in ERROR", "worker_failures": {}}
+            report = self._known_report(folder, trial, trial_id)
             extra["context_error"] = state.pending[key]["error"]
+        return build_alert(
+            "ray_run_failed",
+            report,
+            secrets=self.tick.secrets,
+            alert_id=alert_id("ray_run_failed", exp_uri, trial_id),
+            storage_path=self.tick.uri,
+            trial_id=trial_id,
+            config=report.get("config") or {},
+            **extra,
+        )
+
+    def v1_experiment(
+        self, state: ScanState, key: str, exp: ExperimentState | None = None
+    ) -> dict[str, Any] | None:
+        """One alert for the trials of one experiment that failed since the last look
+        (``key`` = ``v1x:<folder>/<id of the trial set>``), or None to retry later."""
+        folder = key[4:].rsplit("/", 1)[0]
+        ids = list(state.pending.get(key, {}).get("trials") or [])
+        exp_uri = f"{self.tick.uri}/{folder}"
+        extra: dict[str, Any] = {"run_name": folder, "experiment_uri": exp_uri, "layout": "v1"}
+        reports: list[dict[str, Any]] = []
+        num_trials: int | None = None
+        try:
+            loaded = self._experiment(folder, exp)
+            num_trials = len(loaded.trials)
+            for trial_id in ids[:MAX_TRIALS_PER_ALERT]:
+                reports.append(self._trial_report(folder, _find(loaded, trial_id, exp_uri)))
+        except (TrainResultsError, OSError, ValueError) as exc:
+            if not self.tick.read_failed(state, key, exc, f"failed trials of {exp_uri}"):
+                return None
+            known = {r["trial_id"] for r in reports}
+            reports += [self._known_report(folder, None, t) for t in ids[:MAX_TRIALS_PER_ALERT]
+                        if t not in known]
+            extra["context_error"] = state.pending[key]["error"]
+        types = sorted({str(r.get("error_type")) for r in reports})
+        context = {
+            "run_uri": exp_uri,
+            "error_type": types[0] if len(types) == 1 else "MultipleErrors",
+            "message": failed_trials_message(
+                folder, [(r["trial_id"], r.get("error_type"), r.get("message")) for r in reports],
+                num_trials,
+            ),
+            "worker_failures": {},
+            "last_checkpoint_uri": None,
+            "last_metrics": None,
+        }
+        failed_trials = [
+            {k: r.get(k) for k in ("trial_id", "run_uri", "trial_status", "error_type",
+                                   "message", "config", "last_checkpoint_uri", "last_metrics")}
+            for r in reports
+        ]
         return build_alert(
             "ray_run_failed",
             context,
             secrets=self.tick.secrets,
-            alert_id=alert_id("ray_run_failed", exp_uri, trial_id),
+            alert_id=alert_id("ray_run_failed", exp_uri, "experiment", *ids),
             storage_path=self.tick.uri,
+            trial_ids=ids,
+            num_trials=num_trials,
+            num_failed_trials=len(ids),
+            failed_trials=failed_trials,
             **extra,
         )
 
     def retry(self, state: ScanState, key: str, *, first: bool) -> None:
-        alert = self.v1_trial(state, key)
+        alert = self.v1_experiment(state, key) if key.startswith("v1x:") else self.v1_trial(
+            state, key
+        )
         if alert is not None:
             self.tick.emit(state, key, alert, first=first)
+
+
+def _find(exp: ExperimentState, trial_id: str, exp_uri: str) -> TrialState:
+    for trial in exp.trials:
+        if trial.trial_id == trial_id:
+            return trial
+    raise RunNotFoundError(f"expected trial {trial_id} in the state of {exp_uri}; it is gone")

@@ -8,7 +8,11 @@ An alert carries the training context Dagster's stock failure alerts lack::
      "worker_failures": {"<rank>": "Type: message"},
      "last_checkpoint_uri", "last_metrics",
      "title": one line, "text": Markdown (Slack mrkdwn-safe) summary,
-     ... kind-specific keys: "dagster_run_id", "dagster_run_url", "step_key", "failed_at" ...}
+     ... kind-specific keys: "dagster_run_id", "dagster_run_url", "step_key", "failed_at",
+     for a failed trial of a Tune sweep or V1 run "trial_id", "config", "experiment_uri",
+     and for one alert per experiment "failed_trials" (each with "trial_id", "run_uri",
+     "error_type", "message", "config", "last_checkpoint_uri", "last_metrics"),
+     "trial_ids", "num_trials", "num_failed_trials" ...}
 
 Every string in an alert is bounded in size, non-finite metrics become the strings
 ``"NaN"``/``"Infinity"``/``"-Infinity"`` (strict JSON has no literal for them, and a NaN
@@ -45,6 +49,7 @@ import trainresults_dagster.storage as storage
 from trainresults_dagster.runs.failure import (
     CONTEXT_KEYS,
     clip,
+    first_line,
     format_failure,
     rank_order,
     slack_code,
@@ -60,6 +65,8 @@ MAX_RANK_CHARS = 500
 MAX_RANKS = 64
 MAX_METRICS_CHARS = 8000
 MAX_STRING_CHARS = 2000
+#: Failed trials listed in the text of a per-experiment alert (all are in ``failed_trials``).
+MAX_TRIALS_SHOWN = 10
 
 # ``name=value`` pairs that look like credentials, in case user code put one in an error
 # message (e.g. a connection string in an exception). Known secret values are removed too.
@@ -160,6 +167,12 @@ def render_title(alert: Mapping[str, Any]) -> str:
         if alert.get("step_key"):
             where += f" step {alert['step_key']}"
         return f"{where} failed: {what}" + (f" (training run {run})" if run else "")
+    if isinstance(alert.get("failed_trials"), list):
+        total = alert.get("num_trials")
+        count = f"{alert.get('num_failed_trials')}" + (f" of {total}" if total else "")
+        return f"Ray Tune experiment {run or 'unknown'}: {count} trial(s) failed: {what}"
+    if alert.get("trial_id"):
+        return f"Ray run {run or 'unknown'} trial {alert['trial_id']} failed: {what}"
     return f"Ray Train run {run or 'unknown'} failed: {what}"
 
 
@@ -170,10 +183,28 @@ def render_text(alert: Mapping[str, Any]) -> str:
         head = f"*Training step failed* in Dagster run {slack_code(alert.get('dagster_run_id'))}"
         if alert.get("step_key"):
             head += f", step {slack_code(alert['step_key'])}"
+    elif isinstance(alert.get("failed_trials"), list):
+        run = alert.get("run_name") or _tail(alert.get("run_uri"))
+        head = f"*Ray Tune trials failed* in {slack_code(run)}"
     else:
         run = alert.get("run_name") or _tail(alert.get("run_uri"))
         head = f"*Ray Train run failed*: {slack_code(run)}"
+        if alert.get("trial_id"):
+            head += f", trial {slack_code(alert['trial_id'])}"
     lines = [head, *format_failure(alert, "slack")]
+    if isinstance(alert.get("config"), Mapping) and alert["config"]:
+        lines.append(f"Config: {slack_code(_config_text(alert['config']))}")
+    trials = alert.get("failed_trials")
+    if isinstance(trials, list):
+        for trial in trials[:MAX_TRIALS_SHOWN]:
+            if isinstance(trial, Mapping):
+                lines.append(
+                    f"• trial {slack_code(trial.get('trial_id'))}: "
+                    f"{slack_code(str(trial.get('error_type')) + ': ' + first_line(trial.get('message') or ''))}"
+                    f" config {slack_code(_config_text(trial.get('config') or {}))}"
+                )
+        if len(trials) > MAX_TRIALS_SHOWN:
+            lines.append(f"• ... and {len(trials) - MAX_TRIALS_SHOWN} more")
     if alert.get("dagster_run_url"):
         url = str(alert["dagster_run_url"]).replace("|", "%7C").replace(">", "%3E")
         lines.append(f"Dagster run: <{url}|open in Dagster>")
@@ -183,6 +214,12 @@ def render_text(alert: Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------
+
+
+def _config_text(config: Any) -> str:
+    """``a=1, model/width=16``: a trial's config on one line, bounded."""
+    flat = flatten_metrics(config) if isinstance(config, Mapping) else {"config": config}
+    return clip(", ".join(f"{k}={v}" for k, v in flat.items()), 300)
 
 
 def _opt_str(value: Any) -> str | None:

@@ -18,9 +18,10 @@ tick; scripts and the benchmark can call it directly. It composes two sources ov
   failure is reported within ``records_rescan_seconds`` plus the sensor interval. Its alert
   id is the one the journal entry would give (``journal_key(failure time, run name)``), so
   one failure is alerted once whichever source sees it first.
-* **V1 runs** (``RAY_TRAIN_V2_ENABLED=0``, ``_v1``) have no journal: trial status ``ERROR`` is read
-  from ``experiment_state-*.json`` (JSON only, never ``*.pkl``), and only for experiments
-  whose state file changed. Finding new V1 experiments costs one look at every top-level
+* **V1 runs and Ray Tune sweeps** (``RAY_TRAIN_V2_ENABLED=0``, ``tune.Tuner``; ``_v1``) have
+  no journal: trial status ``ERROR`` is read from ``experiment_state-*.json`` (JSON only,
+  never ``*.pkl``), and only for experiments whose state file changed; failed trials are
+  alerted one per trial or one per experiment (``trial_alerts``). Finding new V1 experiments costs one look at every top-level
   folder (local: one directory read and a ``stat`` each; object stores: one flat listing,
   1 request per 1,000 objects), so this *discovery pass* runs at most every
   ``v1_rescan_seconds`` (default 5 minutes) and on the first pass; V1 experiments already
@@ -49,7 +50,7 @@ from trainresults_dagster.errors import TrainResultsError
 from ._journal import JournalSource
 from ._records import RecordSource
 from ._tick import FailedRun, ScanState, Tick
-from ._v1 import V1Source
+from ._v1 import TrialAlerts, V1Source
 
 OVERLAP_SECONDS = 600.0
 MAX_READ_ATTEMPTS = 5
@@ -77,6 +78,7 @@ def scan_failed_runs(
     v1_rescan_seconds: float = V1_RESCAN_SECONDS,
     include_records: bool = True,
     records_rescan_seconds: float = RECORDS_RESCAN_SECONDS,
+    trial_alerts: TrialAlerts = "per_trial",
     max_runs: int = 100,
     overlap_seconds: float = OVERLAP_SECONDS,
     max_read_attempts: int = MAX_READ_ATTEMPTS,
@@ -96,6 +98,10 @@ def scan_failed_runs(
             passes that look for *new* ones (each costs a look at every top-level folder).
         include_records: also look for failed runs the journal has no entry for, through
             the run folders' records; ``records_rescan_seconds`` spaces those passes.
+        trial_alerts: for V1 experiments and Ray Tune sweeps, ``"per_trial"`` sends one
+            alert per failed trial (its error, config, last checkpoint and metrics);
+            ``"per_experiment"`` one per experiment listing the trials that failed since the
+            last look, each with its error and config.
         max_runs: runs read per pass at most (the rest wait for the next pass).
         secrets: strings to remove from alerts (credentials the caller knows of).
     """
@@ -113,7 +119,8 @@ def scan_failed_runs(
         max_read_attempts=max_read_attempts,
         secrets=secrets,
     )
-    journal, v1, records = JournalSource(tick), V1Source(tick), RecordSource(tick)
+    journal, v1, records = (JournalSource(tick), V1Source(tick, trial_alerts=trial_alerts),
+                            RecordSource(tick))
     # A listing error raises before anything is sent, so the tick fails without side effects.
     names = journal.list_journal(journal.start_after(state))
     # Runs that could not be read, or whose alert was not taken, on earlier ticks.
@@ -121,7 +128,8 @@ def scan_failed_runs(
         entry = state.pending.get(key)
         if entry is None or not tick.take():
             continue
-        source = v1 if key.startswith("v1:") else records if key.startswith("rec:") else journal
+        source = (v1 if key.startswith(("v1:", "v1x:")) else records if key.startswith("rec:")
+                  else journal)
         source.retry(state, key, first=not entry.get("deliver"))
     journal.scan_journal(state, names, covered=records.alerted_keys(state))
     if include_records:

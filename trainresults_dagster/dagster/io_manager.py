@@ -2,17 +2,24 @@
 
 Call chain, written down once:
 
-* ``handle_output(context, obj)``: ``obj`` (a ``ray.train.Result`` or a ``TrainResult``)
-  -> ``_as_train_result`` (reads the run folder, so every persisted checkpoint and the
-  ``RunRecorder`` history are kept) -> ``ResultStore.write`` (checkpoint copies, Parquet,
-  manifest, then the ``CURRENT.json`` pointer) -> output metadata (``result_metadata``).
-  A failed run (``result.error``, e.g. from ``trd.fit(trainer)``) is stored first; with
-  ``on_error="fail"`` it is kept uncommitted and the step fails with a ``dg.Failure``
-  carrying the training context, with ``"materialize"`` it becomes the asset's value.
+* ``handle_output(context, obj)``: ``obj`` (a ``ray.train.Result`` or a ``TrainResult``;
+  for a Ray Tune sweep a ``ray.tune.ResultGrid`` or a ``TrainResultGrid``)
+  -> ``_as_stored`` (reads the run or experiment folder, so every persisted checkpoint and
+  the full history are kept) -> ``ResultStore.write`` (checkpoint copies, Parquet,
+  manifest, then the ``CURRENT.json`` pointer) -> output metadata (``result_metadata``,
+  ``sweep_metadata``). A failed run (``result.error``, e.g. from ``trd.fit(trainer)``), or
+  a sweep where no trial succeeded, is stored first; with ``on_error="fail"`` it is kept
+  uncommitted and the step fails with a ``dg.Failure`` carrying the training context,
+  with ``"materialize"`` it becomes the asset's value. A sweep where some trials errored
+  is a success (its metadata lists them).
 * ``load_input(context)``: ``ResultStore.read`` per partition (two small reads) ->
   ``_convert`` by the input's annotation: ``TrainResult`` (default), ``ray.train.Result``,
   ``pandas.DataFrame`` (the metrics dataframe, read lazily from Parquet), ``Checkpoint``
-  (the latest). Several partitions load as ``dict[partition_key, value]``.
+  (the latest). A stored sweep loads as ``TrainResultGrid`` (default), ``pandas.DataFrame``
+  (the trials table), ``TrainResult`` / ``ray.train.Result`` (the best trial) or
+  ``Checkpoint`` (the best checkpoint across trials); "best" is by the objective in the
+  input's metadata (``dg.AssetIn(metadata={"metric", "mode", "scope"})``) or the sweep's
+  ``TuneConfig``. Several partitions load as ``dict[partition_key, value]``.
 
 A training function that raises (plain ``trainer.fit()``) never reaches the IO manager;
 return ``trd.fit(trainer)`` instead to store the failed run and fail with its context.
@@ -33,14 +40,15 @@ from pydantic import Field, PrivateAttr, field_validator
 
 import trainresults_dagster.storage as storage
 from trainresults_dagster.dagster._wiring import s3_settings, storage_parts
-from trainresults_dagster.errors import CheckpointMissingError
+from trainresults_dagster.errors import CheckpointMissingError, NoEligibleCheckpointError
 from trainresults_dagster.runs.checkpoint import Checkpoint
-from trainresults_dagster.runs.coerce import as_train_result
+from trainresults_dagster.runs.coerce import as_result_or_grid
 from trainresults_dagster.runs.failure import format_failure
 from trainresults_dagster.runs.result import TrainResult, training_context
 from trainresults_dagster.runs.store import ResultStore, StoredVersion
+from trainresults_dagster.runs.tune import TrainResultGrid, sweep_context
 
-from .metadata import context_metadata, result_metadata
+from .metadata import context_metadata, result_metadata, sweep_metadata
 
 _DEFAULT_SUBDIR = "trainresults"
 
@@ -50,7 +58,9 @@ class RayTrainResultIOManager(dg.ConfigurableIOManager):
 
     Downstream inputs are typed by their annotation: ``TrainResult`` (default),
     ``ray.train.Result``, ``pandas.DataFrame`` or ``Checkpoint``; ``dict[str, ...]`` for
-    several partitions.
+    several partitions. A Ray Tune sweep is stored as one asset (manifest plus a Parquet
+    trials table) and loads as ``TrainResultGrid``, its trials table, its best trial or its
+    best checkpoint.
     """
 
     base_path: str | None = Field(
@@ -148,7 +158,7 @@ class RayTrainResultIOManager(dg.ConfigurableIOManager):
         if obj is None:  # an asset that returns nothing (no "-> None"): nothing to store
             context.log.debug("output is None: RayTrainResultIOManager stores nothing")
             return
-        result = _as_train_result(obj, context)
+        result = _as_stored(obj, context)
         partition = None
         if context.has_asset_partitions:
             keys = context.asset_partition_keys
@@ -160,7 +170,11 @@ class RayTrainResultIOManager(dg.ConfigurableIOManager):
                 )
             partition = keys[0]
         store = self._store(context, partition)
-        failed = result.error is not None and self.on_error == "fail"
+        is_sweep = isinstance(result, TrainResultGrid)
+        # A sweep with errored trials is a success; one with no successful trial is not.
+        errored = (not result.succeeded) if isinstance(result, TrainResultGrid) else (
+            result.error is not None)
+        failed = errored and self.on_error == "fail"
         extra = {
             "dagster_run_id": _run_id(context),
             "asset_key": list(context.asset_key.path) if context.has_asset_key else None,
@@ -171,15 +185,23 @@ class RayTrainResultIOManager(dg.ConfigurableIOManager):
                              commit=not failed, extra=extra)
         for warning in stored.warnings:
             context.log.warning(f"{store.uri}: {warning}")
-        context.log.info(
-            f"stored run {result.uri} ({len(result.checkpoints)} checkpoints, "
-            f"checkpoints={self.checkpoints}) as {stored.manifest_uri}"
-        )
+        what = (f"sweep {result.uri} ({len(result.trials)} trials, {result.num_errors} errored"
+                if isinstance(result, TrainResultGrid)
+                else f"run {result.uri} ({len(result.checkpoints)} checkpoints")
+        context.log.info(f"stored {what}, checkpoints={self.checkpoints}) as "
+                         f"{stored.manifest_uri}")
         if failed:
             raise _failure(result, stored)
-        metadata = result_metadata(result, manifest_uri=stored.manifest_uri,
-                                   checkpoint_uris=stored.checkpoint_uris, log=context.log)
-        if self.checkpoints == "reference":
+        if isinstance(result, TrainResultGrid):
+            metadata = sweep_metadata(result, manifest_uri=stored.manifest_uri,
+                                      checkpoint_uris=stored.checkpoint_uris, log=context.log)
+        else:
+            metadata = result_metadata(result, manifest_uri=stored.manifest_uri,
+                                       checkpoint_uris=stored.checkpoint_uris, log=context.log)
+        if is_sweep and errored:
+            context.log.warning(f"sweep {result.uri}: no trial succeeded; stored anyway "
+                                "(on_error='materialize')")
+        if self.checkpoints == "reference" and isinstance(result, TrainResult):
             warning = retention_warning(result)
             if warning:
                 context.log.warning(warning)
@@ -196,7 +218,7 @@ class RayTrainResultIOManager(dg.ConfigurableIOManager):
             return _convert(self._store(context, keys[0]).read(), kind, optional, context)
         allow_missing = bool((context.definition_metadata or {}).get("allow_missing_partitions"))
 
-        def read(key: Any) -> TrainResult | None:
+        def read(key: Any) -> TrainResult | TrainResultGrid | None:
             try:
                 return self._store(context, key).read()
             except FileNotFoundError:
@@ -217,9 +239,9 @@ class RayTrainResultIOManager(dg.ConfigurableIOManager):
 # --------------------------------------------------------------------------------------
 
 
-def _as_train_result(obj: Any, context: dg.OutputContext) -> TrainResult:
+def _as_stored(obj: Any, context: dg.OutputContext) -> TrainResult | TrainResultGrid:
     where = context.asset_key.to_user_string() if context.has_asset_key else context.name
-    return as_train_result(obj, what=f"the output of {where}")
+    return as_result_or_grid(obj, what=f"the output of {where}")
 
 
 def retention_warning(result: TrainResult) -> str | None:
@@ -250,13 +272,19 @@ def retention_warning(result: TrainResult) -> str | None:
     )
 
 
-def _failure(result: TrainResult, stored: StoredVersion) -> dg.Failure:
+def _failure(result: TrainResult | TrainResultGrid, stored: StoredVersion) -> dg.Failure:
     metadata: dict[str, Any] = dict(context_metadata(result))
     metadata["trainresults/manifest_uri"] = dg.MetadataValue.path(stored.manifest_uri)
-    lines = format_failure(training_context(result), "text")
+    if isinstance(result, TrainResultGrid):
+        head = (f"Ray Tune sweep {result.uri}: no trial succeeded "
+                f"({result.num_errors} of {len(result.trials)} errored).")
+        lines = format_failure(sweep_context(result), "text")
+    else:
+        head = f"Ray Train run {result.uri} failed."
+        lines = format_failure(training_context(result), "text")
     return dg.Failure(
         description="\n".join([
-            f"Ray Train run {result.uri} failed.",
+            head,
             *lines,
             f"The result is stored (uncommitted) at {stored.manifest_uri}. Set "
             "on_error='materialize' to record failed runs as materialisations.",
@@ -286,8 +314,12 @@ def _target(context: dg.InputContext) -> tuple[str, bool, bool]:
         tp = args[1] if len(args) == 2 else Any
         tp, optional = _strip_optional(tp)
         as_dict = True
-    if tp in (Any, object, TrainResult) or tp is None:
+    if tp in (Any, object) or tp is None:
+        return "any", as_dict, optional
+    if isinstance(tp, type) and issubclass(tp, TrainResult):
         return "result", as_dict, optional
+    if tp is TrainResultGrid:
+        return "grid", as_dict, optional
     if tp is Checkpoint:
         return "checkpoint", as_dict, optional
     module, name = getattr(tp, "__module__", ""), getattr(tp, "__name__", "")
@@ -297,14 +329,24 @@ def _target(context: dg.InputContext) -> tuple[str, bool, bool]:
         return "ray", as_dict, optional
     raise TypeError(
         f"RayTrainResultIOManager cannot load input {context.name!r} as {tp!r}; annotate it "
-        "as trd.TrainResult, ray.train.Result, pandas.DataFrame or trd.Checkpoint "
-        "(or dict[str, ...] of these for several partitions)"
+        "as trd.TrainResult, ray.train.Result, pandas.DataFrame or trd.Checkpoint, or for a "
+        "sweep also trd.TrainResultGrid (or dict[str, ...] of these for several partitions)"
     )
 
 
-def _convert(result: TrainResult, kind: str, optional: bool, context: dg.InputContext) -> Any:
-    if kind == "result":
+def _convert(
+    value: TrainResult | TrainResultGrid, kind: str, optional: bool, context: dg.InputContext
+) -> Any:
+    if isinstance(value, TrainResultGrid):
+        return _convert_sweep(value, kind, optional, context)
+    result = value
+    if kind in ("any", "result"):
         return result
+    if kind == "grid":
+        raise TypeError(
+            f"input {context.name!r} is annotated TrainResultGrid, but {result.uri} is a single "
+            "Ray Train run; annotate it trd.TrainResult"
+        )
     if kind == "dataframe":
         return result.metrics_dataframe
     if kind == "checkpoint":
@@ -316,6 +358,39 @@ def _convert(result: TrainResult, kind: str, optional: bool, context: dg.InputCo
         return result.checkpoint
     ray_result = result.to_ray()
     ray_result.metrics_dataframe = result.metrics_dataframe  # the full history, not only kept
+    return ray_result
+
+
+def _convert_sweep(
+    grid: TrainResultGrid, kind: str, optional: bool, context: dg.InputContext
+) -> Any:
+    """A stored sweep by annotation: the sweep, its trials table, or its best trial or
+    checkpoint by the objective in the input's metadata (``metric``, ``mode``, ``scope``)
+    or else the sweep's own (``TuneConfig(metric, mode)``)."""
+    if kind in ("any", "grid"):
+        return grid
+    if kind == "dataframe":
+        return grid.trials_table
+    meta = context.definition_metadata or {}
+    metric, mode = meta.get("metric"), meta.get("mode")
+    try:
+        if kind == "checkpoint":
+            return grid.best_checkpoint(metric, mode, scope=meta.get("scope", "all")).checkpoint
+        best = grid.get_best_result(metric, mode, scope=meta.get("scope", "last"))
+    except NoEligibleCheckpointError:
+        if optional:
+            return None
+        raise
+    except ValueError as exc:
+        raise ValueError(
+            f"input {context.name!r} asks for the best {'checkpoint' if kind == 'checkpoint' else 'trial'} "
+            f"of sweep {grid.uri}: {exc}. Or give the objective on the input: "
+            "dg.AssetIn(metadata={'metric': 'loss', 'mode': 'min'})."
+        ) from exc
+    if kind == "result":
+        return best
+    ray_result = best.to_ray()
+    ray_result.metrics_dataframe = best.metrics_dataframe
     return ray_result
 
 

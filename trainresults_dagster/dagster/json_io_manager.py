@@ -1,4 +1,5 @@
-"""``JsonIOManager``: stores ``ModelVersion``, ``Checkpoint`` and ``TrainResult`` values as JSON.
+"""``JsonIOManager``: stores ``ModelVersion``, ``Checkpoint``, ``TrainResult`` and
+``TrainResultGrid`` values as JSON.
 
 The selection and promotion assets hand small *references* downstream (a checkpoint URI
 with its metrics, a registered model version), not model bytes. Dagster's default IO
@@ -31,6 +32,7 @@ from trainresults_dagster.errors import CorruptValueError
 from trainresults_dagster.registry.model_version import ModelVersion
 from trainresults_dagster.runs.checkpoint import Checkpoint
 from trainresults_dagster.runs.result import TrainResult
+from trainresults_dagster.runs.tune import TrainResultGrid, TrialResult
 from trainresults_dagster.storage import S3Settings
 
 JSON_IO_MANAGER_KEY = "trainresults_json_io_manager"
@@ -123,12 +125,17 @@ def encode(obj: Any) -> dict[str, Any]:
         return {"schema": SCHEMA, "kind": "ModelVersion", "value": obj.to_dict()}
     if isinstance(obj, Checkpoint):
         return {"schema": SCHEMA, "kind": "Checkpoint", "value": obj.to_dict()}
+    if isinstance(obj, TrialResult):
+        return {"schema": SCHEMA, "kind": "TrialResult", "value": obj.to_dict()}
     if isinstance(obj, TrainResult):
         return {"schema": SCHEMA, "kind": "TrainResult", "value": obj.to_dict()}
+    if isinstance(obj, TrainResultGrid):
+        return {"schema": SCHEMA, "kind": "TrainResultGrid", "value": obj.to_dict()}
     if _plain_json(obj):
         return {"schema": SCHEMA, "kind": "json", "value": obj}
     raise TypeError(
-        "JsonIOManager stores ModelVersion, Checkpoint, TrainResult, None or plain JSON "
+        "JsonIOManager stores ModelVersion, Checkpoint, TrainResult, TrainResultGrid, None or "
+        "plain JSON "
         f"(dict/list/str/number/bool); got {type(obj).__name__}: {obj!r:.200}. Give this "
         "asset another io_manager_key."
     )
@@ -175,7 +182,12 @@ def decode(
                           dir_name=name if isinstance(name, str) else None)
     if kind == "TrainResult":
         return TrainResult.from_dict(value, filesystem=fs, where=where)
+    if kind == "TrialResult":
+        return TrialResult.from_dict(value, filesystem=fs, where=where)
+    if kind == "TrainResultGrid":
+        return TrainResultGrid.from_dict(value, filesystem=fs, where=where)
     raise CorruptValueError(
-        f"expected kind 'ModelVersion', 'Checkpoint', 'TrainResult', 'json' or 'none' in "
+        f"expected kind 'ModelVersion', 'Checkpoint', 'TrainResult', 'TrialResult', "
+        f"'TrainResultGrid', 'json' or 'none' in "
         f"{where}, got {kind!r}"
     )

@@ -11,6 +11,10 @@
   ``metrics_table`` (the last reports as a table), ``manifest``.
 * On failure: ``error`` (Markdown, escaped) and the training context under
   ``trainresults/<key>`` (``training_context``), the keys the failure sensors read.
+
+A sweep (``sweep_metadata``) shows ``num_trials``, ``num_errored_trials``, the best value
+of its objective as ``best/<metric>`` (a plotted float), the best trial and checkpoint, the
+trials as a table and, when trials errored, ``errors`` plus the sweep's training context.
 """
 
 from __future__ import annotations
@@ -23,11 +27,12 @@ import dagster as dg
 
 import trainresults_dagster.storage as storage
 from trainresults_dagster.errors import NoEligibleCheckpointError
-from trainresults_dagster.runs.failure import format_failure
-from trainresults_dagster.runs.metrics import finite_number, flatten_metrics
+from trainresults_dagster.runs.failure import escape_markdown, first_line, format_failure
+from trainresults_dagster.runs.metrics import finite_number, flatten_metrics, lookup_metric
 from trainresults_dagster.runs.result import training_context
 from trainresults_dagster.runs.selection import select_best_checkpoint
 from trainresults_dagster.runs.store import score_config
+from trainresults_dagster.runs.tune import AUTO_KEYS, TABLE_COLUMNS, TrainResultGrid, sweep_context
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -121,10 +126,12 @@ def error_markdown(error: TrainingError) -> str:
     return "\n\n".join(line for line in lines if not line.startswith(("Run:", "Last ")))
 
 
-def context_metadata(result: TrainResult) -> dict[str, dg.MetadataValue]:
+def context_metadata(result: TrainResult | TrainResultGrid) -> dict[str, dg.MetadataValue]:
     """The training context under ``trainresults/<key>`` (what failure sensors read)."""
     out: dict[str, dg.MetadataValue] = {}
-    for key, value in training_context(result).items():
+    context = sweep_context(result) if isinstance(result, TrainResultGrid) else training_context(
+        result)
+    for key, value in context.items():
         name = f"{METADATA_PREFIX}{key}"
         if key in ("worker_failures", "last_metrics"):
             out[name] = dg.MetadataValue.json(jsonable(value))
@@ -183,4 +190,90 @@ def result_metadata(
         md["error"] = dg.MetadataValue.md(error_markdown(result.error))
         md.update(context_metadata(result))
     md.update(metric_metadata(result.metrics))
+    return md
+
+
+# --------------------------------------------------------------------------------------
+# Sweeps
+# --------------------------------------------------------------------------------------
+
+#: Trials shown in the UI's trials table (the Parquet file has them all).
+MAX_TRIAL_ROWS = 100
+
+
+def trials_table(grid: TrainResultGrid) -> dg.MetadataValue | None:
+    """The trials table for the UI: the trial columns, the config and the user's metrics
+    (Ray's automatic keys left out), at most ``MAX_TABLE_COLUMNS`` columns."""
+    frame = grid.trials_table
+    if frame.empty:
+        return None
+    first = [c for c in TABLE_COLUMNS if c in frame.columns and c != "uri"]
+    config = [c for c in frame.columns if str(c).startswith("config/")]
+    metrics = [c for c in frame.columns if c not in TABLE_COLUMNS and c not in config
+               and str(c).split("/", 1)[0] not in AUTO_KEYS]
+    columns = (first + config + metrics)[:MAX_TABLE_COLUMNS]
+    schema = dg.TableSchema(columns=[dg.TableColumn(str(c), _column_type(frame, c)) for c in columns])
+    records = [dg.TableRecord({str(c): _cell(row[c]) for c in columns})
+               for _, row in frame.head(MAX_TRIAL_ROWS).iterrows()]
+    return dg.MetadataValue.table(records=records, schema=schema)
+
+
+def sweep_metadata(
+    grid: TrainResultGrid,
+    *,
+    manifest_uri: str | None = None,
+    checkpoint_uris: dict[str, str] | None = None,
+    log: Any = None,
+) -> dict[str, dg.MetadataValue]:
+    """Everything shown for one materialisation of a sweep.
+
+    ``num_trials``, ``num_errored_trials``, ``num_terminated_trials`` and, when the sweep's
+    objective is known (``TuneConfig(metric, mode)``), ``best/<metric>``: the best finite
+    value of any retained checkpoint, as a float Dagster plots across materialisations,
+    with the trial and checkpoint it came from. ``checkpoint_uris`` maps
+    ``"<trial id>/<checkpoint>"`` to where the version stores it (the copies).
+    """
+    md: dict[str, dg.MetadataValue] = {
+        "dagster/uri": dg.MetadataValue.text(grid.uri),
+        "kind": dg.MetadataValue.text("sweep"),
+        "num_trials": dg.MetadataValue.int(len(grid.trials)),
+        "num_errored_trials": dg.MetadataValue.int(grid.num_errors),
+        "num_terminated_trials": dg.MetadataValue.int(grid.num_terminated),
+        "num_checkpoints": dg.MetadataValue.int(sum(len(t.checkpoints) for t in grid.trials)),
+        "dagster/row_count": dg.MetadataValue.int(len(grid.trials)),
+    }
+    if grid.metric and grid.mode:
+        md["objective"] = dg.MetadataValue.text(f"{grid.metric} ({grid.mode})")
+        try:
+            best = grid.best_checkpoint()
+        except NoEligibleCheckpointError as exc:
+            if log is not None:
+                log.warning(f"no best checkpoint to show: {exc}")
+        else:
+            value = finite_number(lookup_metric(best.metrics, grid.metric))
+            uri = (checkpoint_uris or {}).get(f"{best.trial.trial_id}/{best.checkpoint.dir_name}")
+            if value is not None:
+                md[f"best/{grid.metric}"] = dg.MetadataValue.float(value)
+            md["best_trial_id"] = dg.MetadataValue.text(best.trial.trial_id)
+            md["best_trial_config"] = dg.MetadataValue.json(jsonable(best.trial.config))
+            md["best_checkpoint"] = dg.MetadataValue.path(uri or best.checkpoint.uri)
+    elif log is not None:
+        log.info(
+            f"sweep {grid.uri} has no objective (metric and mode): no best value is shown. "
+            "Return TrainResultGrid.from_ray(tuner.fit()) with TuneConfig(metric=..., "
+            "mode=...), or TrainResultGrid.from_path(..., metric=..., mode=...)."
+        )
+    table = trials_table(grid)
+    if table is not None:
+        md["trials_table"] = table
+    if manifest_uri is not None:
+        md["manifest"] = dg.MetadataValue.path(manifest_uri)
+    if grid.errored_trials:
+        lines = [f"**{len(grid.errored_trials)} of {len(grid.trials)} trial(s) errored**"]
+        for trial in grid.errored_trials[:10]:
+            error = trial.error
+            head = f"{error.error_type}: {error.message}" if error else "error"
+            lines.append(f"- `{trial.trial_id}` {escape_markdown(first_line(head))}")
+        md["errors"] = dg.MetadataValue.md("\n".join(lines))
+        md.update(context_metadata(grid))
     return md

@@ -4,7 +4,9 @@ It registers the candidate (e.g. from ``build_best_checkpoint_asset``) in the
 ``CheckpointRegistry``, runs the gate (``registry.gate``) against the current champion, moves the alias only if the gate
 passes, and always emits a blocking asset check, so nothing downstream of the promotion
 asset runs on a rejected candidate. Its value is a small JSON reference stored by
-``JsonIOManager`` (key ``"trainresults_json_io_manager"``), never pickles.
+``JsonIOManager`` (key ``"trainresults_json_io_manager"``), never pickles. The version's
+lineage names the run the candidate came from and, for a Ray Tune sweep, the trial and its
+config.
 """
 
 # No "from __future__ import annotations": Dagster inspects the real annotations of the
@@ -134,9 +136,11 @@ def build_promotion_asset(
         registry = getattr(context.resources, registry_key)
         checkpoint = as_checkpoint(candidate, what=f"input {upstream.to_user_string()!r}")
         partition = context.partition_key if context.has_partition_key else None
-        run_uri = _upstream_run_uri(context, upstream) or checkpoint.uri.rsplit("/", 1)[0]
+        upstream_found = _upstream_lineage(context, upstream)
+        run_uri = upstream_found.get("run_uri") or checkpoint.uri.rsplit("/", 1)[0]
         inputs = _upstream(context, upstream, partition)
         lineage = {
+            **upstream_found,
             "run_uri": run_uri,
             "dagster_run_id": context.run.run_id,
             "asset_key": context.asset_key.to_user_string(),
@@ -238,11 +242,17 @@ def _upstream(
         return []
 
 
-def _upstream_run_uri(context: dg.AssetExecutionContext, upstream: dg.AssetKey) -> str | None:
-    """The Ray run the candidate came from, as the best-checkpoint asset recorded it.
+#: What the best-checkpoint asset's metadata says about where its checkpoint came from,
+#: copied into the registered version's lineage (the trial keys only for a sweep).
+_LINEAGE_KEYS = ("run_uri", "sweep_uri", "trial_id", "trial_config", "trial_status")
+
+
+def _upstream_lineage(context: dg.AssetExecutionContext, upstream: dg.AssetKey) -> dict[str, Any]:
+    """The Ray run (and, for a sweep, the trial and its config) the candidate came from, as
+    the best-checkpoint asset recorded it in its materialisation.
 
     The checkpoint's own folder is not enough: with ``RayTrainResultIOManager(checkpoints=
-    "copy")`` it lives in the IO manager's copy, not in the run. Best effort: None if the
+    "copy")`` it lives in the IO manager's copy, not in the run. Best effort: empty if the
     upstream is not a best-checkpoint asset or its materialisation is not in this instance.
     """
     partitions = [context.partition_key] if context.has_partition_key else None
@@ -251,12 +261,17 @@ def _upstream_run_uri(context: dg.AssetExecutionContext, upstream: dg.AssetKey) 
             dg.AssetRecordsFilter(asset_key=upstream, asset_partitions=partitions), limit=1
         ).records
     except Exception:  # noqa: BLE001 - lineage enrichment must never fail a promotion
-        return None
+        return {}
     if not records or records[0].asset_materialization is None:
-        return None
-    value = records[0].asset_materialization.metadata.get("run_uri")
-    text = getattr(value, "value", value)
-    return text if isinstance(text, str) else None
+        return {}
+    metadata = records[0].asset_materialization.metadata
+    out: dict[str, Any] = {}
+    for key in _LINEAGE_KEYS:
+        if key in metadata:
+            value = getattr(metadata[key], "value", metadata[key])
+            if isinstance(value, str | dict | list | int | float | bool):
+                out[key] = value
+    return out
 
 
 def _reject_missing(

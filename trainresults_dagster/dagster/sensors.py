@@ -21,7 +21,7 @@ import inspect
 import json
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import dagster as dg
 
@@ -183,6 +183,7 @@ def build_failed_run_sensor(
     v1_rescan_seconds: float = V1_RESCAN_SECONDS,
     include_records: bool = True,
     records_rescan_seconds: float = RECORDS_RESCAN_SECONDS,
+    trial_alerts: Literal["per_trial", "per_experiment"] = "per_trial",
     max_runs_per_tick: int = 100,
     overlap_seconds: float = OVERLAP_SECONDS,
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
@@ -192,8 +193,8 @@ def build_failed_run_sensor(
 
     Finds V2 runs whose ``RunRecorder`` recorded a terminal failure (through its failure
     journal every tick, and through the run folders' records every
-    ``records_rescan_seconds``, for failures the journal missed) and V1 runs with a trial in
-    state ``ERROR`` (see ``alerts.scan``). Each tick costs a listing of what is new plus one
+    ``records_rescan_seconds``, for failures the journal missed) and V1 runs and Ray Tune
+    sweeps with trials in state ``ERROR`` (see ``alerts.scan``). Each tick costs a listing of what is new plus one
     read per new failed run; the cursor (JSON, stored by Dagster) carries the rest. On its
     first tick it reports every failed run already in storage. Each alert is sent once,
     across daemon restarts too (``DeliveryLedger``).
@@ -208,7 +209,11 @@ def build_failed_run_sensor(
         s3_key: for ``s3://`` paths, the key of a dagster-aws ``S3Resource`` (endpoint,
             region, credentials). None uses the default AWS credential chain and
             environment, as every other component does.
-        include_v1: also look for failed Ray Train V1 experiments.
+        include_v1: also look for failed Ray Train V1 experiments and Ray Tune sweeps.
+        trial_alerts: ``"per_trial"`` sends one alert per errored trial (its error, config,
+            last checkpoint and metrics); ``"per_experiment"`` one per experiment (sweep)
+            listing the trials that errored since the last look, each with its error and
+            config (``failed_trials``). With a ``job``, one run is requested per alert.
         v1_rescan_seconds: how often to look for *new* V1 experiments (each look costs a
             ``stat`` per top-level folder locally, one LIST per 1,000 objects on S3); known
             unfinished ones are checked every tick.
@@ -228,6 +233,10 @@ def build_failed_run_sensor(
         raise ValueError(f"expected storage_path to be a folder or s3:// URI, got {storage_path!r}")
     if alert_sink_key is None and job is None:
         raise ValueError(f"sensor {name!r} needs an alert_sink_key, a job, or both; got neither")
+    if trial_alerts not in ("per_trial", "per_experiment"):
+        raise ValueError(
+            f"expected trial_alerts 'per_trial' or 'per_experiment', got {trial_alerts!r}"
+        )
     if minimum_interval_seconds < 1:
         raise ValueError(f"expected minimum_interval_seconds >= 1, got {minimum_interval_seconds!r}")
     is_s3 = storage.split_scheme(storage_path)[0] == "s3"
@@ -254,6 +263,7 @@ def build_failed_run_sensor(
             v1_rescan_seconds=v1_rescan_seconds,
             include_records=include_records,
             records_rescan_seconds=records_rescan_seconds,
+            trial_alerts=trial_alerts,
             max_runs=max_runs_per_tick,
             overlap_seconds=overlap_seconds,
             max_read_attempts=MAX_READ_ATTEMPTS,

@@ -8,6 +8,8 @@ hand-off, so they all accept the same inputs and fail with the same message:
   a JSON dict ``{"uri": ..., "metrics": ...}``.
 * ``as_train_result``: a ``TrainResult``; a ``ray.train.Result`` (its run folder is read
   too, so every persisted checkpoint and the RunRecorder history are kept); a run URI.
+* ``as_result_or_grid``: the same, plus a sweep: a ``TrainResultGrid``, a
+  ``ray.tune.ResultGrid`` (its experiment folder is read) or a Tune experiment URI.
 """
 
 from __future__ import annotations
@@ -20,9 +22,12 @@ from typing import Any
 import pyarrow.fs as pafs
 
 import trainresults_dagster.storage as storage
+from trainresults_dagster.errors import NotARunDirectoryError
 
 from .checkpoint import Checkpoint
+from .experiment import is_state_file
 from .result import TrainResult
+from .tune import TrainResultGrid
 
 
 def is_ray_result(obj: Any) -> bool:
@@ -81,9 +86,36 @@ def as_train_result(value: Any, *, what: str = "the value") -> TrainResult:
         return TrainResult.from_path(value)
     raise TypeError(
         f"expected {what} to be a ray.train.Result, a trainresults_dagster.TrainResult or a "
-        f"run URI (return trainer.fit() or trd.fit(trainer)), got {type(value).__name__}: "
+        f"run URI (return trainer.fit() or trd.fit(trainer)); for a Ray Tune sweep a "
+        f"ray.tune.ResultGrid or a trd.TrainResultGrid; got {type(value).__name__}: "
         f"{value!r:.200}"
     )
+
+
+def is_ray_result_grid(obj: Any) -> bool:
+    """True for a ``ray.tune.ResultGrid``, without importing ray."""
+    if "ray.tune.result_grid" not in sys.modules:
+        return False
+    from ray.tune.result_grid import ResultGrid
+
+    return isinstance(obj, ResultGrid)
+
+
+def as_result_or_grid(value: Any, *, what: str = "the value") -> TrainResult | TrainResultGrid:
+    """``value`` as a ``TrainResult`` or, for a sweep, a ``TrainResultGrid``."""
+    if isinstance(value, TrainResultGrid):
+        return value
+    if is_ray_result_grid(value):
+        return TrainResultGrid.from_ray(value)
+    try:
+        return as_train_result(value, what=what)
+    except NotARunDirectoryError:
+        # A folder of several trials: a Tune sweep (or a V1 experiment) as a whole.
+        if isinstance(value, str | os.PathLike):
+            fs, path = storage.resolve(os.fspath(value))
+            if any(is_state_file(i.base_name) for i in storage.list_dir(fs, path)):
+                return TrainResultGrid.from_path(path, fs)
+        raise
 
 
 def _metrics(value: Any) -> dict[str, Any] | None:

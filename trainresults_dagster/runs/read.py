@@ -34,6 +34,7 @@ from trainresults_dagster.errors import (
 )
 
 from .checkpoint import Checkpoint
+from .experiment import STATE_PREFIX, TrialState, read_experiment_state
 from .failure import TrainingError
 from .record import RECORD_DIR, RECORD_FILE, has_record, read_record
 
@@ -45,7 +46,7 @@ SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
 MARKER_FILE = ".validate_storage_marker"
 V1_RESULT_FILE = "result.json"
 V1_ERROR_FILE = "error.txt"
-V1_STATE_PREFIX = "experiment_state-"
+V1_STATE_PREFIX = STATE_PREFIX
 
 #: How often a torn or stale snapshot is re-read before giving up, and the pause between.
 SNAPSHOT_READS = 6
@@ -327,44 +328,16 @@ def _read_result_json(fs: pafs.FileSystem, path: str) -> tuple[list[dict[str, An
     return rows, torn
 
 
-def v1_trial_states(fs: pafs.FileSystem, experiment_path: str) -> dict[str, dict[str, Any]]:
-    """``{trial_id: {"status", "num_failures", "trial_dir_hint"}}`` from the newest
-    ``experiment_state-*.json``. The CLOUDPICKLE_FALLBACK blobs in it are never decoded."""
-    states = sorted(
-        i.path for i in storage.list_dir(fs, experiment_path)
-        if i.base_name.startswith(V1_STATE_PREFIX) and i.base_name.endswith(".json")
-    )
-    if not states:
-        return {}
-    where = storage.to_uri(fs, states[-1])
-    try:
-        data = storage.read_json(fs, states[-1])
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CorruptRunError(f"expected JSON in {where}: {exc}") from exc
-    out: dict[str, dict[str, Any]] = {}
-    trial_data = data.get("trial_data") if isinstance(data, dict) else None
-    if not isinstance(trial_data, list):
-        raise CorruptRunError(f"expected a 'trial_data' list in {where}")
-    for item in trial_data:
-        try:
-            trial = json.loads(item[0]) if isinstance(item[0], str) else item[0]
-            runtime = json.loads(item[1]) if len(item) > 1 and isinstance(item[1], str) else {}
-        except (ValueError, TypeError, IndexError, KeyError) as exc:
-            raise CorruptRunError(f"unreadable trial entry in {where}: {exc}") from exc
-        if not isinstance(trial, dict) or not isinstance(trial.get("trial_id"), str):
-            continue
-        out[trial["trial_id"]] = {
-            "status": trial.get("status"),
-            "num_failures": (runtime or {}).get("num_failures") if isinstance(runtime, dict) else None,
-        }
-    return out
-
-
 _ERROR_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:\([\w.]+\))?): (.*)$")
 
 
+#: Ray colours the task name in error.txt (``\x1b[36mray::ImplicitFunc.train()\x1b[39m``).
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+
 def parse_error_txt(text: str) -> TrainingError:
-    """The last failure block of a V1 ``error.txt``."""
+    """The last failure block of a V1 ``error.txt`` (terminal colour codes removed)."""
+    text = _ANSI.sub("", text)
     blocks = re.split(r"^Failure # \d+ \(occurred at [^)]*\)\s*$", text, flags=re.M)
     last = (blocks[-1] if blocks else text).strip()
     error_type, message = "TrainingFailedError", last.splitlines()[-1] if last else ""
@@ -379,22 +352,55 @@ def parse_error_txt(text: str) -> TrainingError:
     return TrainingError(error_type.rsplit(".", 1)[-1], message, last)
 
 
+def _trial_state_for(fs: pafs.FileSystem, path: str) -> TrialState | None:
+    """The experiment state's entry for the trial folder at ``path`` (one state read)."""
+    parent, _, trial_dir = path.rstrip("/").rpartition("/")
+    state = read_experiment_state(fs, parent)
+    if state is None:
+        return None
+    for trial in state.trials:
+        if trial.relative_logdir == trial_dir:
+            return trial
+    # A state written before relative_logdir existed: the folder name carries the id.
+    matches = [t for t in state.trials if t.relative_logdir is None and t.trial_id in trial_dir]
+    return matches[0] if len(matches) == 1 else None
+
+
+def _report_number(row: dict[str, Any] | None) -> int:
+    value = (row or {}).get("training_iteration")
+    return value if isinstance(value, int) and not isinstance(value, bool) else -1
+
+
 def read_v1_trial(
-    fs: pafs.FileSystem, path: str, names: dict[str, pafs.FileType] | None
+    fs: pafs.FileSystem,
+    path: str,
+    names: dict[str, pafs.FileType] | None,
+    *,
+    trial: TrialState | None = None,
+    lookup_state: bool = True,
 ) -> RunFields:
+    """A V1 trial folder (a Ray Train V1 run, or one trial of a Ray Tune sweep).
+
+    ``trial`` is the experiment state's entry for it (a sweep reader passes it, having read
+    the state once); otherwise, with ``lookup_state``, the parent's state is read here.
+    Ray's rules are kept: ``metrics`` is the state's ``last_result`` (unless ``result.json``
+    has a later report), the error is ``error.txt`` of a trial that is not ``TERMINATED``.
+    """
     if names is None:
         names = _listing(fs, path)
     if V1_RESULT_FILE in names:
         rows, torn = _read_result_json(fs, f"{path}/{V1_RESULT_FILE}")
-    else:
+    elif "progress.csv" in names:
         import pandas as pd
 
         csv_path = f"{path}/progress.csv"
         with fs.open_input_stream(csv_path) as stream:
             frame = pd.read_csv(stream)
         rows, torn = frame.to_dict("records"), False
-    ckpt_names = sorted(n for n, t in names.items()
-                        if t == pafs.FileType.Directory and n.startswith("checkpoint_"))
+    else:  # a trial that never reported (pending, or killed before its first report)
+        rows, torn = [], False
+    on_disk = {n for n, t in names.items()
+               if t == pafs.FileType.Directory and n.startswith("checkpoint_")}
     last_row_for: dict[str, dict[str, Any]] = {}
     index_for: dict[str, int] = {}
     history = []
@@ -405,29 +411,41 @@ def read_v1_trial(
             index_for[name] = i
         history.append({"report_index": i, "metrics": row,
                         "checkpoint_dir_name": name if isinstance(name, str) else None})
+    # checkpoint_NNNNNN counts checkpoints, so name order is report order.
+    ckpt_names = sorted(on_disk)
     checkpoints = [
         (Checkpoint(f"{path}/{n}", fs, metrics=last_row_for.get(n)), last_row_for.get(n) or {})
         for n in ckpt_names
     ]
+    # Ray's latest is the last checkpoint registered (it is never evicted). A folder that no
+    # report names yet (uploaded before result.json was synced) is not the latest either.
+    registered = [n for n in index_for if n in on_disk]
+    latest_name = max(registered, key=lambda n: index_for[n]) if registered else (
+        ckpt_names[-1] if ckpt_names else None
+    )
+    latest = next((c for c, _ in checkpoints if c.name == latest_name), None)
+
+    if trial is None and lookup_state:
+        trial = _trial_state_for(fs, path)
+    status = trial.status if trial is not None else None
+    metrics: dict[str, Any] | None = rows[-1] if rows else None
+    if trial is not None and trial.last_result:
+        if metrics is None or _report_number(trial.last_result) >= _report_number(metrics):
+            metrics = trial.last_result
     error: TrainingError | None = None
-    status = None
-    parent = path.rstrip("/").rsplit("/", 1)[0]
-    trial_dir = path.rstrip("/").rsplit("/", 1)[-1]
-    states = v1_trial_states(fs, parent)
-    for trial_id, state in states.items():
-        if trial_id in trial_dir:
-            status = state["status"]
-    if status == "ERROR" or (status is None and V1_ERROR_FILE in names):
-        if V1_ERROR_FILE in names:
-            raw = storage.read_bytes(fs, f"{path}/{V1_ERROR_FILE}")
-            error = parse_error_txt(raw.decode("utf-8", errors="replace"))
-        else:
-            error = TrainingError("TrainingFailedError", f"trial {trial_dir} ended in ERROR")
+    error_file = (trial.error_filename if trial is not None else None) or V1_ERROR_FILE
+    if status != "TERMINATED" and error_file in names:
+        raw = storage.read_bytes(fs, storage.safe_child(path, error_file, what="error_filename",
+                                                        where=storage.to_uri(fs, path)))
+        error = parse_error_txt(raw.decode("utf-8", errors="replace"))
+    elif status == "ERROR":
+        error = TrainingError("TrainingFailedError",
+                              f"trial {path.rstrip('/').rsplit('/', 1)[-1]} ended in ERROR")
     return dict(
         path=path,
         filesystem=fs,
-        metrics=rows[-1] if rows else None,
-        checkpoint=checkpoints[-1][0] if checkpoints else None,
+        metrics=metrics,
+        checkpoint=latest,
         error=error,
         best_checkpoints=checkpoints,
         history=history,

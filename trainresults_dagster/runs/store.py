@@ -1,4 +1,5 @@
-"""Stored ``TrainResult`` versions: the IO manager's file format, without Dagster.
+"""Stored ``TrainResult`` (and ``TrainResultGrid``) versions: the IO manager's file format,
+without Dagster.
 
 One folder per asset (and partition) holds immutable version folders and a pointer::
 
@@ -7,6 +8,9 @@ One folder per asset (and partition) holds immutable version folders and a point
     <root>/v-<UTC time>-<id>/metrics.parquet the metrics dataframe (one row per report)
     <root>/v-<UTC time>-<id>/checkpoints/<name>/...   copies, with checkpoints="copy"
     <root>/failed/v-.../                     results stored without committing (on_error="fail")
+
+A sweep's version folder holds a sweep manifest, ``trials.parquet`` and ``history.parquet``
+instead (``sweep_store``); versions, pointer and garbage collection are the same.
 
 A version folder is complete before ``CURRENT.json`` names it, and the pointer is replaced
 atomically (``storage.write_bytes_atomic``), so a reader sees the previous version or the new
@@ -20,7 +24,6 @@ Nothing here is pickled: JSON and Parquet only.
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import re
 import sys
 import time
@@ -34,7 +37,10 @@ import pyarrow.fs as pafs
 import trainresults_dagster.storage as storage
 from trainresults_dagster.errors import CheckpointMissingError, CorruptRunError, RunNotFoundError
 
+from .parquet import empty_metrics_frame, frame_to_parquet, read_parquet_frame
 from .result import TrainResult
+from .sweep_store import SWEEP_SCHEMA, read_sweep, trial_columns, write_tables
+from .tune import TrainResultGrid
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -108,13 +114,14 @@ class ResultStore:
     # ------------------------------------------------------------------ writing
     def write(
         self,
-        result: TrainResult,
+        result: TrainResult | TrainResultGrid,
         *,
         copy_checkpoints: bool,
         commit: bool = True,
         extra: dict[str, Any] | None = None,
     ) -> StoredVersion:
-        """Store ``result`` as a new version; with ``commit`` make it the current one.
+        """Store ``result`` (a run or a sweep) as a new version; with ``commit`` make it the
+        current one.
 
         Order: checkpoint copies, Parquet, manifest, then (if ``commit``) the pointer. An
         uncommitted version goes under ``failed/`` and never becomes what ``read`` returns.
@@ -132,29 +139,20 @@ class ResultStore:
                 # materialisation: the new, complete version replaces it.
                 warnings.append(f"replacing an unreadable pointer: {exc}")
 
-        data = result.to_dict()
-        copied = 0
-        mapping = {c.dir_name: c.uri for c in result.checkpoints}
-        if copy_checkpoints:
-            mapping, copied = self._copy_checkpoints(result, f"{path}/{CHECKPOINTS_DIR}")
-            for entry in data["checkpoints"]:
-                entry["source_uri"] = entry["uri"]
-                entry["uri"] = mapping[entry["name"]]
-            if result.checkpoint is not None:
-                data["latest_uri"] = mapping[result.checkpoint.dir_name]
-        metrics_info = self._write_metrics(result.metrics_dataframe, path)
+        if isinstance(result, TrainResultGrid):
+            schema, (body, mapping, copied) = SWEEP_SCHEMA, self._sweep_body(
+                result, path, copy_checkpoints)
+        else:
+            schema, (body, mapping, copied) = MANIFEST_SCHEMA, self._run_body(
+                result, path, copy_checkpoints)
         manifest = {
-            "schema": MANIFEST_SCHEMA,
+            "schema": schema,
             "version": version,
             "created_at": storage.iso(),
             "library_version": _library_version(),
-            "ray_version": result.ray_version or _loaded_ray_version(),
             "checkpoints_mode": "copy" if copy_checkpoints else "reference",
             "committed": commit,
-            "score": score_config(result),
-            "num_reports": len(result.history),
-            "metrics": metrics_info,
-            "result": data,
+            **body,
             **(extra or {}),
         }
         manifest_path = f"{path}/{MANIFEST_FILE}"
@@ -171,15 +169,74 @@ class ResultStore:
         return StoredVersion(version, path, storage.to_uri(self.filesystem, manifest_path),
                              commit, copied, mapping, manifest, warnings)
 
-    def _copy_checkpoints(self, result: TrainResult, target: str) -> tuple[dict[str, str], int]:
-        """Copy every checkpoint (server-side on one S3, in parallel); ``{name: new URI}``."""
-        checkpoints = result.checkpoints
-        where = result.uri
+    def _run_body(
+        self, result: TrainResult, path: str, copy_checkpoints: bool
+    ) -> tuple[dict[str, Any], dict[str, str], int]:
+        data = result.to_dict()
+        copied = 0
+        mapping = {c.dir_name: c.uri for c in result.checkpoints}
+        if copy_checkpoints:
+            target = f"{path}/{CHECKPOINTS_DIR}"
+            (mapping,), copied = self._copy_checkpoints([(result, target)])
+            _point_at_copies(data, result, mapping)
+        body = {
+            "ray_version": result.ray_version or _loaded_ray_version(),
+            "score": score_config(result),
+            "num_reports": len(result.history),
+            "metrics": self._write_metrics(result.metrics_dataframe, path),
+            "result": data,
+        }
+        return body, mapping, copied
 
-        def _one(ckpt: Any) -> int:
-            dst = storage.safe_descendant(
-                target, ckpt.dir_name, what="checkpoint folder name", where=where
-            )
+    def _sweep_body(
+        self, grid: TrainResultGrid, path: str, copy_checkpoints: bool
+    ) -> tuple[dict[str, Any], dict[str, str], int]:
+        """A sweep: every trial's checkpoints under ``checkpoints/<trial id>/`` when copied;
+        ``{"<trial id>/<checkpoint>": URI}``."""
+        data = grid.to_dict()
+        copied = 0
+        mapping = {f"{t.trial_id}/{c.dir_name}": c.uri for t in grid.trials for c in t.checkpoints}
+        if copy_checkpoints:
+            jobs: list[tuple[TrainResult, str]] = [
+                (trial, storage.safe_child(f"{path}/{CHECKPOINTS_DIR}", trial.trial_id,
+                                           what="trial id", where=grid.uri))
+                for trial in grid.trials
+            ]
+            per_trial, copied = self._copy_checkpoints(jobs)
+            mapping = {}
+            for entry, trial, ours in zip(data["trials"], grid.trials, per_trial, strict=True):
+                _point_at_copies(entry, trial, ours)
+                mapping.update({f"{trial.trial_id}/{n}": u for n, u in ours.items()})
+        body = {
+            "ray_version": _loaded_ray_version(),
+            "kind": "sweep",
+            "num_trials": len(grid.trials),
+            "num_errored_trials": grid.num_errors,
+            **write_tables(self.filesystem, path, grid),
+            "trial_columns": trial_columns(grid),
+            "sweep": data,
+        }
+        return body, mapping, copied
+
+    def _copy_checkpoints(
+        self, jobs: list[tuple[TrainResult, str]]
+    ) -> tuple[list[dict[str, str]], int]:
+        """Copy the checkpoints of each ``(run, target folder)`` (server-side on one S3, in
+        parallel, one pool for all); per job ``{checkpoint name: new URI}``, and the number
+        of files copied."""
+        pairs: list[tuple[Any, str, str]] = []
+        mappings: list[dict[str, str]] = []
+        for result, target in jobs:
+            mapping = {}
+            for ckpt in result.checkpoints:
+                dst = storage.safe_descendant(target, ckpt.dir_name,
+                                              what="checkpoint folder name", where=result.uri)
+                pairs.append((ckpt, dst, result.uri))
+                mapping[ckpt.dir_name] = storage.to_uri(self.filesystem, dst)
+            mappings.append(mapping)
+
+        def _one(job: tuple[Any, str, str]) -> int:
+            ckpt, dst, where = job
             if not ckpt.exists():
                 raise CheckpointMissingError(
                     f"expected checkpoint folder {ckpt.uri} of run {where} to copy, but it is "
@@ -188,12 +245,10 @@ class ResultStore:
                 )
             return storage.copy_tree(ckpt.filesystem, ckpt.path, self.filesystem, dst)
 
-        workers = max(1, min(8, len(checkpoints)))
+        workers = max(1, min(8, len(pairs)))
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            counts = list(pool.map(_one, checkpoints))
-        mapping = {c.dir_name: storage.to_uri(self.filesystem, f"{target}/{c.dir_name}")
-                   for c in checkpoints}
-        return mapping, sum(counts)
+            counts = list(pool.map(_one, pairs))
+        return mappings, sum(counts)
 
     def _write_metrics(self, frame: pd.DataFrame | None, path: str) -> dict[str, Any] | None:
         if frame is None:
@@ -226,7 +281,7 @@ class ResultStore:
             )
         return version
 
-    def read(self) -> TrainResult:
+    def read(self) -> TrainResult | TrainResultGrid:
         """The committed result. ``RunNotFoundError`` if nothing was committed yet."""
         version = self.current_version()
         if version is None:
@@ -236,8 +291,8 @@ class ResultStore:
             )
         return self.read_version(f"{self.root}/{version}")
 
-    def read_version(self, path: str) -> TrainResult:
-        """The result in one version folder (committed or not)."""
+    def read_version(self, path: str) -> TrainResult | TrainResultGrid:
+        """The result (or sweep) in one version folder (committed or not)."""
         manifest_path = f"{path}/{MANIFEST_FILE}"
         where = storage.to_uri(self.filesystem, manifest_path)
         data = storage.read_json_object(
@@ -249,6 +304,9 @@ class ResultStore:
                 "(deleted by hand or a lifecycle rule?). Materialise the asset again."
             )
         manifest = validate_manifest(data, where=where, folder=path.rsplit("/", 1)[-1])
+        if manifest["schema"] == SWEEP_SCHEMA:
+            return read_sweep(self.filesystem, path, manifest,
+                              filesystem_for=self._filesystem_for, where=where)
         result_data = manifest["result"]
         run_fs, _ = self._filesystem_for(result_data["uri"])
         ckpt_fs = self.filesystem if manifest["checkpoints_mode"] == "copy" else run_fs
@@ -310,10 +368,11 @@ def validate_manifest(data: Any, *, where: str, folder: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise CorruptRunError(f"expected a JSON object in {where}, got {type(data).__name__}")
     schema = data.get("schema")
-    if schema != MANIFEST_SCHEMA:
+    if schema not in (MANIFEST_SCHEMA, SWEEP_SCHEMA):
         raise CorruptRunError(
-            f"expected schema {MANIFEST_SCHEMA!r} in {where}, got {schema!r}: written by another "
-            "tool or a newer trainresults-dagster (upgrade it), or edited by hand"
+            f"expected schema {MANIFEST_SCHEMA!r} or {SWEEP_SCHEMA!r} in {where}, got "
+            f"{schema!r}: written by another tool or a newer trainresults-dagster (upgrade "
+            "it), or edited by hand"
         )
     if data.get("version") != folder:
         raise CorruptRunError(
@@ -325,6 +384,8 @@ def validate_manifest(data: Any, *, where: str, folder: str) -> dict[str, Any]:
             f"expected 'checkpoints_mode' 'reference' or 'copy' in {where}, "
             f"got {data.get('checkpoints_mode')!r}"
         )
+    if schema == SWEEP_SCHEMA:
+        return data  # the sweep's own parts are checked by sweep_store.read_sweep
     if not isinstance(data.get("result"), dict) or not isinstance(data["result"].get("uri"), str):
         raise CorruptRunError(f"expected 'result' to be an object with a 'uri' in {where}")
     metrics = data.get("metrics")
@@ -338,88 +399,17 @@ def validate_manifest(data: Any, *, where: str, folder: str) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------
-# Parquet
-# --------------------------------------------------------------------------------------
-
-
-def frame_to_parquet(frame: pd.DataFrame) -> tuple[bytes, list[str]]:
-    """Parquet bytes of ``frame``; columns Arrow cannot type cleanly become JSON text.
-
-    Metrics can mix types across reports (``1`` then ``"warmup"``) or hold lists and dicts;
-    those columns are stored as JSON strings and listed, so loading restores the values.
-    """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    frame = frame.copy()
-    json_columns: list[str] = []
-    for name in frame.columns:
-        column = frame[name]
-        if column.dtype != object:
-            continue
-        try:
-            kind = pa.array(column, from_pandas=True).type
-        except (pa.ArrowException, TypeError, ValueError, OverflowError):
-            kind = None
-        plain = kind is not None and (
-            pa.types.is_string(kind) or pa.types.is_large_string(kind)
-            or pa.types.is_integer(kind) or pa.types.is_floating(kind)
-            or pa.types.is_boolean(kind) or pa.types.is_null(kind)
-        )
-        if not plain:
-            frame[name] = [None if _is_missing(v) else json.dumps(v, default=repr)
-                           for v in column]
-            json_columns.append(str(name))
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    return sink.getvalue().to_pybytes(), json_columns
-
-
-def read_parquet_frame(
-    fs: pafs.FileSystem, path: str, json_columns: list[str]
-) -> pd.DataFrame:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    where = storage.to_uri(fs, path)
-
-    def _read() -> Any:
-        with fs.open_input_file(path) as fh:
-            return pq.read_table(fh)
-
-    try:
-        table = storage.call(_read, what="read", where=where)
-    except FileNotFoundError as exc:
-        raise CorruptRunError(f"expected the metrics file {where}, but it is gone") from exc
-    except (pa.ArrowException, OSError) as exc:
-        if storage.is_transient(exc) or isinstance(exc, storage.StorageError):
-            raise  # the store failed, not the file
-        raise CorruptRunError(
-            f"expected a Parquet metrics file at {where}, but it cannot be read: {exc}"
-        ) from exc
-    frame = table.to_pandas()
-    for name in json_columns:
-        if name in frame.columns:
-            frame[name] = [json.loads(v) if isinstance(v, str) else None for v in frame[name]]
-    return frame
-
-
-def empty_metrics_frame() -> pd.DataFrame:
-    """What a run that reported nothing loads as (Ray's would be None; a DataFrame input
-    annotation needs a DataFrame)."""
-    import pandas as pd
-
-    return pd.DataFrame({"checkpoint_dir_name": pd.Series([], dtype=object)})
-
-
-def _is_missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and value != value)
-
-
-# --------------------------------------------------------------------------------------
 # Small helpers
 # --------------------------------------------------------------------------------------
+
+
+def _point_at_copies(data: dict[str, Any], result: TrainResult, mapping: dict[str, str]) -> None:
+    """Make a result's JSON name its copied checkpoints (the originals stay as source_uri)."""
+    for entry in data["checkpoints"]:
+        entry["source_uri"] = entry["uri"]
+        entry["uri"] = mapping[entry["name"]]
+    if result.checkpoint is not None:
+        data["latest_uri"] = mapping[result.checkpoint.dir_name]
 
 
 def score_config(result: TrainResult) -> dict[str, Any] | None:
