@@ -8,6 +8,7 @@ imported inside the function: the module is imported each time the code location
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ def train(
 
     config: dict[str, Any] = {"epochs": epochs, "lr": lr, "seed": seed, "rows": rows}
     if data_path:
-        config["data_path"] = data_path
+        config["data_path"] = data_path if "://" in data_path else os.path.expanduser(data_path)
     return DataParallelTrainer(
         train_loop,
         train_loop_config=config,
