@@ -114,6 +114,13 @@ def test_scaffolded_yaml_builds_what_the_factories_build(sandbox, monkeypatch, t
     path = sandbox.scaffold_component(component_cls=TrainingPipeline, defs_path="my-model")
     text = (path / "defs.yaml").read_text()
     assert "\n  name: my_model\n" in text and text.count("\n    #") > 20  # commented sections
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with sandbox.load_component_and_build_defs(defs_path=path) as (component, defs):
+            pass
+    ours = [f"{w.filename}:{w.lineno}: {w.message}" for w in caught
+            if "trainresults_dagster" in w.filename]
+    assert ours == []
     with sandbox.load_component_and_build_defs(defs_path=path) as (component, defs):
         assert isinstance(component, TrainingPipeline)
         assert component.storage.base_path == base

@@ -34,6 +34,7 @@ from pydantic import Field
 
 import trainresults_dagster as trd
 import trainresults_dagster.storage as storage
+from trainresults_dagster.dagster.webhooks import LogAlertSink
 from trainresults_dagster.examples.model import Predictor, make_dataset
 
 MODEL = "demo-classifier"
@@ -176,18 +177,6 @@ training_failures = trd.build_training_failure_sensor(
 
 
 # ---------------------------------------------------------------------- resources
-class LogAlertSink(dg.ConfigurableResource):
-    """Alert sink used when no alert URL is configured: the alert goes to the Python log."""
-
-    logger_name: str = Field(default="trainresults.alerts", description="Python logger to use.")
-
-    def send(self, alert: dict[str, Any]) -> None:
-        import json
-        import logging
-
-        logging.getLogger(self.logger_name).warning("ALERT %s", json.dumps(alert, default=str))
-
-
 class NoServingTarget(dg.ConfigurableResource):
     """Serving target used when no webhook URL is configured: records a skip and says why."""
 
