@@ -144,7 +144,7 @@ def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
 
 
 @pytest.fixture(scope="session")
-def ray_session() -> Iterator[str]:
+def ray_session(moto: MotoS3) -> Iterator[str]:
     import ray
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -154,6 +154,9 @@ def ray_session() -> Iterator[str]:
         dashboard_port=free_port(),
         log_to_driver=False,
         configure_logging=False,
+        # The cluster's own identity for S3, as a real cluster has (instance role, env):
+        # Ray workers reach the moto server by the default AWS chain.
+        runtime_env={"env_vars": moto.env()},
     )
     yield ctx.address_info["address"]
     ray.shutdown()

@@ -71,6 +71,11 @@ JOBS: dict[str, dict[str, Any]] = {
     "custom_names": {"config": {"losses": [0.5, 0.25, 0.75],
                                 "names": ["first", "second-best", "third"]},
                      "keep": None, "score": "val/acc", "recorder": False},
+    # Legal but unusual: a nested RunConfig.name and nested checkpoint_dir_name values with
+    # a space, a percent sign and a colon, with retention evicting one of them.
+    "team-a/nested": {"config": {"losses": [0.5, 0.25, 0.75],
+                                 "names": ["ckpts/epoch-0", "ckpts/epoch 1%41", "ckpts/t=2:00"]},
+                      "keep": 2, "score": "loss", "recorder": True},
 }
 
 

@@ -187,3 +187,32 @@ def test_webserver_serves_the_example_and_its_metrics(demo_runs, demo_env):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_the_example_runs_end_to_end_on_s3(ray_session, moto, tmp_path, monkeypatch):
+    """``TRAINRESULTS_STORAGE=s3://...`` (the README's S3 variant) on the moto server: train,
+    select, promote, batch predictions and serving, every location in the bucket."""
+    import importlib
+
+    bucket = moto.new_bucket("demo")
+    env = {"TRAINRESULTS_STORAGE": f"s3://{bucket}/demo", "TRAINRESULTS_EPOCHS": "2",
+           "TRAINRESULTS_SEED": "7", "DAGSTER_HOME": str(tmp_path / "home"), **moto.env()}
+    os.makedirs(env["DAGSTER_HOME"])
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    from trainresults_dagster.examples import definitions
+
+    demo = importlib.reload(definitions)
+    try:
+        run = dg.materialize(demo.demo_assets, resources=demo.resources(),
+                             instance=dg.DagsterInstance.get())
+    finally:
+        monkeypatch.undo()
+        importlib.reload(definitions)
+    assert run.success
+    predictions = run.asset_materializations_for_node("batch_predictions")[-1].metadata
+    assert predictions["dagster/row_count"].value == 20000
+    assert predictions["trainresults/output_uri"].value.startswith(f"s3://{bucket}/demo/")
+    keys = {o["Key"].split("/")[1] for o in moto.client().list_objects_v2(
+        Bucket=bucket, MaxKeys=1000)["Contents"]}
+    assert {"ray", "results", "registry"} <= keys, keys

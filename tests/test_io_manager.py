@@ -648,4 +648,6 @@ def test_multi_partitions_and_op_outputs(v2_runs, tmp_path):
 
 def test_exported_from_the_package():
     assert "RayTrainResultIOManager" in trd.__all__
-    assert trd.RayTrainResultIOManager is trd.io_manager.RayTrainResultIOManager
+    from trainresults_dagster.dagster.io_manager import RayTrainResultIOManager
+
+    assert trd.RayTrainResultIOManager is RayTrainResultIOManager

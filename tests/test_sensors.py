@@ -23,6 +23,7 @@ from s3_proxy import S3Proxy
 import trainresults_dagster as trd
 from trainresults_dagster import storage
 from trainresults_dagster.alerts.scan import scan_failed_runs
+from trainresults_dagster.dagster._wiring import s3_settings
 from trainresults_dagster.runs.record import JOURNAL_DIR, journal_key
 
 SEED_V2 = ("failure", "failure_before_ckpt", "failure_plain", "success", "nan_losses")
@@ -288,7 +289,7 @@ def test_new_v1_failure_is_found_and_only_it_is_read(backend, receiver, instance
     resources = backend.resources(trd.WebhookAlertSink(url=receiver.url))
     cursor = tick(sensor, instance, None, resources).cursor
     backend.put_dir(os.path.dirname(v1_runs["v1_failure"]), "v1_again")
-    fs, root = storage.filesystem_for(backend.storage_path, resources.get("s3"))
+    fs, root = storage.filesystem_for(backend.storage_path, s3_settings(resources.get("s3")))
     client = resources["s3"].get_client() if "s3" in resources else None
     # New V1 experiments are looked for every v1_rescan_seconds (default 5 minutes).
     not_due = scan_failed_runs(backend.storage_path, cursor, filesystem=fs, s3_client=client)

@@ -57,7 +57,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.json:
         summary = result.summary()
         summary["checkpoints"] = [
-            {"name": c.name, "uri": c.uri, "metrics": m} for c, m in result.checkpoints_with_metrics()
+            {"name": c.dir_name, "uri": c.uri, "metrics": m} for c, m in result.checkpoints_with_metrics()
         ]
         print(json.dumps(summary, default=str, indent=2))
         return EXIT_OK
@@ -70,8 +70,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if pairs:
         keys = sorted({k for _, m in pairs for k, v in flatten_metrics(m).items()
                        if isinstance(v, int | float) and not isinstance(v, bool)})[:6]
-        latest = result.checkpoint.name if result.checkpoint else None
-        rows = [[c.name + (" *" if c.name == latest else "")] + [flatten_metrics(m).get(k, "") for k in keys]
+        latest = result.checkpoint.dir_name if result.checkpoint else None
+        rows = [[c.dir_name + (" *" if c.dir_name == latest else "")] + [flatten_metrics(m).get(k, "") for k in keys]
                 for c, m in pairs]
         print()
         print(_table(["checkpoint (* latest)"] + keys, rows))
@@ -90,7 +90,7 @@ def cmd_best(args: argparse.Namespace) -> int:
     result = TrainResult.from_path(args.uri, _filesystem(args.uri), missing_checkpoints="drop")
     ckpt, metrics = select_best_checkpoint(result, args.metric, args.mode, ties=args.ties)
     if args.json:
-        print(json.dumps({"uri": ckpt.uri, "name": ckpt.name, "metrics": metrics}, default=str))
+        print(json.dumps({"uri": ckpt.uri, "name": ckpt.dir_name, "metrics": metrics}, default=str))
     else:
         print(ckpt.uri)
     return EXIT_OK

@@ -32,10 +32,12 @@ import re
 import shutil
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 from .errors import (
@@ -134,35 +136,75 @@ def split_scheme(uri: str) -> tuple[str, str]:
     return "", uri
 
 
+#: Characters left as they are in a URI's path: RFC 3986 allows sub-delimiters, ``:`` and
+#: ``@`` in a path segment, and Hive-style ``date=2024-01-01`` folders stay readable. Every
+#: other character (``%``, spaces, ``?``, ``#``, non-ASCII) is percent-encoded, because
+#: pyarrow (and so Ray) percent-decodes URIs: ``s3://b/pct%41`` *means* ``b/pctA``.
+URI_SAFE = "/!$&'()*+,;=:@~"
+
+
 def resolve(
     path_or_uri: str | os.PathLike[str], filesystem: pafs.FileSystem | None = None
 ) -> tuple[pafs.FileSystem, str]:
     """Return ``(filesystem, path)`` for a local path or a URI.
 
-    With an explicit ``filesystem`` a scheme is stripped (``s3://b/k`` -> ``b/k``), as Ray
-    does when you pass ``storage_filesystem``. Without one, ``s3://`` and other URIs go
-    through ``pyarrow.fs.FileSystem.from_uri`` and plain paths become absolute local paths.
+    A URI (``s3://b/k``, ``file:///d``) is percent-decoded, as pyarrow and Ray decode it, so
+    ``resolve(to_uri(fs, path)) == (fs, path)`` for every legal key; a plain path is taken
+    as it is. With an explicit ``filesystem`` the scheme is stripped (``s3://b/k`` ->
+    ``b/k``), as Ray does when you pass ``storage_filesystem``. Without one, ``s3://`` uses
+    the default ``S3Settings`` (the AWS chain and environment), other schemes go through
+    ``pyarrow.fs.FileSystem.from_uri`` or, for fsspec-only schemes, fsspec.
     """
     raw = os.fspath(path_or_uri)
     if not isinstance(raw, str) or not raw.strip():
         raise ValueError(f"expected a path or URI such as 's3://bucket/run', got {raw!r}")
     scheme, rest = split_scheme(raw)
+    decoded = urllib.parse.unquote(rest) if scheme else raw
     if scheme == "file":
-        scheme, raw = "", rest
+        scheme = ""
+        if decoded.startswith("//"):  # file://host/path: only the local host is ours
+            host, _, tail = decoded[2:].partition("/")
+            if host not in ("", "localhost"):
+                raise ValueError(f"expected a local file:// URI, got {raw!r} (host {host!r})")
+            decoded = "/" + tail
     if scheme in ("s3", "gs", "gcs"):
-        bucket = rest.split("/", 1)[0]
+        bucket = decoded.split("/", 1)[0]
         if not bucket:
             raise ValueError(f"expected {scheme}://BUCKET/key, but {raw!r} names no bucket")
     if filesystem is not None:
-        path = rest if scheme else raw
+        path = decoded
         if isinstance(filesystem, pafs.LocalFileSystem):
             path = os.path.abspath(path)
         return filesystem, path.rstrip("/") or "/"
     if not scheme:
-        local = os.path.abspath(os.path.expanduser(raw))
+        local = os.path.abspath(os.path.expanduser(decoded))
         return pafs.LocalFileSystem(), local.rstrip("/") or "/"
-    fs, path = pafs.FileSystem.from_uri(raw)
+    if scheme == "s3":
+        return S3Settings().filesystem(), decoded.rstrip("/")
+    try:
+        fs, path = pafs.FileSystem.from_uri(raw)
+    except (pa.ArrowInvalid, ValueError) as exc:
+        fsspec_fs = _fsspec_filesystem(scheme)
+        if fsspec_fs is None:
+            raise ValueError(
+                f"expected a local path or a URI pyarrow or fsspec can open, got {raw!r}: {exc}"
+            ) from exc
+        return fsspec_fs, decoded.rstrip("/")
     return fs, path.rstrip("/")
+
+
+def _fsspec_filesystem(protocol: str) -> pafs.FileSystem | None:
+    """An fsspec filesystem for ``protocol`` wrapped for pyarrow (Ray's documented route for
+    custom storage), or None when fsspec is not installed or does not know it."""
+    try:
+        import fsspec
+    except ImportError:
+        return None
+    try:
+        inner = fsspec.filesystem(protocol)
+    except (ValueError, ImportError):
+        return None
+    return pafs.PyFileSystem(pafs.FSSpecHandler(inner))
 
 
 def resolve_matching(
@@ -180,20 +222,28 @@ def resolve_matching(
 
 
 def scheme_of(filesystem: pafs.FileSystem) -> str:
+    """The URI scheme of ``filesystem`` (``""`` for local disk)."""
     name = filesystem.type_name
     if name == "local":
         return ""
     if name == "gcs":
         return "gs"
+    if name == "py":  # pyarrow.fs.PyFileSystem(FSSpecHandler(...))
+        protocol = getattr(getattr(getattr(filesystem, "handler", None), "fs", None), "protocol", None)
+        if isinstance(protocol, list | tuple) and protocol:
+            protocol = protocol[0]
+        if isinstance(protocol, str) and protocol:
+            return "" if protocol in ("file", "local") else protocol
     return name
 
 
 def to_uri(filesystem: pafs.FileSystem, path: str) -> str:
-    """Scheme-qualified location: ``s3://bucket/key`` or an absolute local path."""
+    """Scheme-qualified location: ``s3://bucket/key`` (percent-encoded where a URI needs it,
+    see ``URI_SAFE``) or an absolute local path; ``resolve`` gives ``path`` back."""
     scheme = scheme_of(filesystem)
     if not scheme:
         return os.path.abspath(path)
-    return f"{scheme}://{path.lstrip('/')}"
+    return f"{scheme}://{urllib.parse.quote(path.lstrip('/'), safe=URI_SAFE)}"
 
 
 def safe_name(name: Any, *, what: str, where: str) -> str:
@@ -209,6 +259,22 @@ def safe_name(name: Any, *, what: str, where: str) -> str:
             f"{what} must be a single folder name without separators, got {name!r} in {where}"
         )
     return name
+
+
+def safe_relative(rel: Any, *, what: str, where: str) -> str:
+    """``rel`` if it is a relative path of one or more safe segments (``ckpts/epoch-0``):
+    Ray writes nested ``checkpoint_dir_name`` and ``RunConfig.name`` values as nested
+    folders. Each segment must pass ``safe_name`` (no ``..``, empty or absolute parts)."""
+    if not isinstance(rel, str) or not rel:
+        raise UnsafePathError(f"{what} must be a non-empty relative path, got {rel!r} in {where}")
+    for segment in rel.split("/"):
+        safe_name(segment, what=f"{what} segment", where=where)
+    return rel
+
+
+def safe_descendant(base: str, rel: Any, *, what: str, where: str) -> str:
+    """``base/rel`` for a relative path that stays below ``base`` (``safe_relative``)."""
+    return posixpath.join(base, safe_relative(rel, what=what, where=where))
 
 
 def safe_child(base: str, name: Any, *, what: str, where: str) -> str:
@@ -378,12 +444,13 @@ class S3Settings:
         return frozen.access_key, frozen.secret_key, frozen.token
 
     def filesystem(self) -> pafs.S3FileSystem:
-        """A ``pyarrow.fs.S3FileSystem`` for these settings (cached per settings)."""
-        return _cached(("fs", self), self._build_filesystem)
+        """A ``pyarrow.fs.S3FileSystem`` for these settings (cached per settings and AWS
+        environment)."""
+        return _cached(("fs", self, _aws_environment()), self._build_filesystem)
 
     def client(self) -> Any:
         """A boto3 S3 client for these settings (cached: building one takes ~0.4 s)."""
-        return _cached(("client", self), self._build_client)
+        return _cached(("client", self, _aws_environment()), self._build_client)
 
     def _build_filesystem(self) -> pafs.S3FileSystem:
         kwargs: dict[str, Any] = {
@@ -437,12 +504,20 @@ class S3Settings:
         )
 
 
-_HANDLES: dict[tuple[str, S3Settings], Any] = {}
+def _aws_environment() -> tuple[str | None, ...]:
+    """The AWS variables a default client reads: a handle cached under other values is
+    not reused (kept in this process's memory only)."""
+    names = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION",
+             "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
+    return tuple(os.environ.get(n) for n in names)
+
+
+_HANDLES: dict[tuple[Any, ...], Any] = {}
 _HANDLES_LOCK = threading.Lock()
 _MAX_HANDLES = 16
 
 
-def _cached(key: tuple[str, S3Settings], build: Callable[[], T]) -> T:
+def _cached(key: tuple[Any, ...], build: Callable[[], T]) -> T:
     """One filesystem and one client per settings in a process: the Dagster daemon evaluates
     every sensor tick in the same code server, and clients are slow to build."""
     with _HANDLES_LOCK:

@@ -19,8 +19,10 @@ Stdlib only (``urllib``), so the core needs no HTTP client. The rules:
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 import hmac
+import json
 import random
 import time
 import urllib.error
@@ -35,6 +37,10 @@ import trainresults_dagster.storage as storage
 from .errors import WebhookError
 
 SIGNATURE_HEADER = "X-Signature-SHA256"
+#: Keys every signed JSON body carries: one id per logical delivery (the same on retries,
+#: and in the ``X-Delivery-ID`` header) and when it was first sent (ISO 8601, UTC).
+DELIVERY_ID_KEY = "delivery_id"
+SENT_AT_KEY = "sent_at"
 DELIVERY_HEADER = "X-Delivery-ID"
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 EXCERPT_CHARS = 300
@@ -65,9 +71,90 @@ def sign_body(secret: str, body: bytes) -> str:
     return hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
 
 
-def verify_signature(secret: str, body: bytes, signature: str) -> bool:
-    """Constant-time check of a ``X-Signature-SHA256`` value, for receivers written in Python."""
-    return hmac.compare_digest(sign_body(secret, body), signature.strip().lower())
+def verify_signature(
+    secret: str,
+    body: bytes,
+    signature: str,
+    *,
+    max_age_seconds: float | None = None,
+    now: float | None = None,
+) -> bool:
+    """Check a ``X-Signature-SHA256`` value in constant time, for receivers written in Python.
+
+    With ``max_age_seconds`` the signed body's ``sent_at`` must also be no older (and no more
+    than that far in the future) than ``max_age_seconds``: a captured POST replayed later is
+    refused. A receiver that must also refuse a replay *within* the window remembers the
+    ``delivery_id`` values it accepted for that long (``ReplayGuard`` does both). Never
+    raises on malformed input (a non-ASCII header, a body that is not JSON): that is False.
+    """
+    try:
+        given = signature.strip().lower().encode("ascii")
+    except (AttributeError, UnicodeEncodeError):
+        return False
+    if not hmac.compare_digest(sign_body(secret, body).encode("ascii"), given):
+        return False
+    if max_age_seconds is None:
+        return True
+    sent = _sent_at(body)
+    if sent is None:
+        return False
+    age = (time.time() if now is None else now) - sent
+    return -max_age_seconds <= age <= max_age_seconds
+
+
+class ReplayGuard:
+    """Accept each signed delivery once, and only while it is fresh (receiver side).
+
+    ``accept(body, signature)`` is True for a correctly signed body whose ``sent_at`` is
+    within ``max_age_seconds`` and whose ``delivery_id`` was not accepted before. Retries of
+    one delivery carry the same id, so a retry after a lost 2xx is refused too: answer it
+    2xx without acting. Ids are kept in memory for ``max_age_seconds``; a receiver with
+    several processes keeps them in its own shared store instead.
+    """
+
+    def __init__(self, secret: str, *, max_age_seconds: float = 300.0) -> None:
+        self.secret = secret
+        self.max_age_seconds = max_age_seconds
+        self._seen: dict[str, float] = {}
+
+    def accept(self, body: bytes, signature: str, *, now: float | None = None) -> bool:
+        now = time.time() if now is None else now
+        if not verify_signature(
+            self.secret, body, signature, max_age_seconds=self.max_age_seconds, now=now
+        ):
+            return False
+        delivery = _delivery_id(body)
+        if delivery is None:
+            return False
+        self._seen = {k: t for k, t in self._seen.items() if now - t <= self.max_age_seconds}
+        if delivery in self._seen:
+            return False
+        self._seen[delivery] = now
+        return True
+
+
+def _body_fields(body: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _sent_at(body: bytes) -> float | None:
+    value = _body_fields(body).get(SENT_AT_KEY)
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)).timestamp()
+
+
+def _delivery_id(body: bytes) -> str | None:
+    value = _body_fields(body).get(DELIVERY_ID_KEY)
+    return value if isinstance(value, str) and value else None
 
 
 def encode_json(payload: Any) -> bytes:
@@ -114,8 +201,12 @@ def post_json(
         raise ValueError(f"expected an http:// or https:// URL, got {redact_url(url)!r}")
     if retries < 0:
         raise ValueError(f"expected retries >= 0, got {retries!r}")
-    body = encode_json(payload)
     delivery_id = uuid.uuid4().hex
+    if isinstance(payload, Mapping):
+        # Inside the signed bytes, so a receiver can refuse stale or repeated deliveries
+        # (the header alone cannot: an HMAC of the body proves nothing about when).
+        payload = {**payload, DELIVERY_ID_KEY: delivery_id, SENT_AT_KEY: storage.iso()}
+    body = encode_json(payload)
     request_headers = {
         "Content-Type": "application/json",
         "User-Agent": "trainresults-dagster",

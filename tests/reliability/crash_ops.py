@@ -141,10 +141,11 @@ def run(spec: dict[str, Any], armed: contextlib.AbstractContextManager[Any],
             io.handle_output(context, result)
         return {"stored": result.uri}
 
+    from trainresults_dagster.dagster._wiring import s3_settings
     from trainresults_dagster.registry import Registry
     from trainresults_dagster.runs.checkpoint import Checkpoint
 
-    registry = Registry.open(spec["base"], s3)
+    registry = Registry.open(spec["base"], s3_settings(s3) if s3 is not None else None)
     if spec["op"] == "register":
         source = Checkpoint(spec["source"], registry.filesystem if s3 is not None else None)
         with armed:

@@ -35,6 +35,7 @@ from s3_proxy import S3Proxy
 
 import trainresults_dagster as trd
 from trainresults_dagster import storage
+from trainresults_dagster.dagster._wiring import s3_settings
 from trainresults_dagster.errors import PromotionConflict
 from trainresults_dagster.registry import Registry
 from trainresults_dagster.runs import store as result_store
@@ -117,7 +118,7 @@ class Case:
         return out
 
     def registry(self) -> Registry:
-        return Registry.open(self.base, self.s3)
+        return Registry.open(self.base, s3_settings(self.s3) if self.s3 is not None else None)
 
     def _register(self, registry: Registry, source: str, **kwargs: Any) -> trd.ModelVersion:
         checkpoint = trd.Checkpoint(source, registry.filesystem)

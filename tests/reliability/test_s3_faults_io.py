@@ -357,7 +357,7 @@ def test_registry_through_faults(moto, tmp_path, seed, rate, tally):
     bucket = moto.new_bucket("regfault")
     base = f"s3://{bucket}/reg"
     src = _sources(moto, bucket, tmp_path, 4)
-    clean = Registry.open(base, moto.s3_resource())
+    clean = Registry.open(base, s3_settings(moto.s3_resource()))
     proxy = S3Proxy(moto.endpoint_url, fault_rate=rate, faults=ALL_FAULTS, seed=seed,
                     slow_seconds=0.05)
     model = "clf"
@@ -432,7 +432,7 @@ def test_registry_step_that_keeps_failing(moto, tmp_path, monkeypatch, step, tal
     bucket = moto.new_bucket("regstep")
     base = f"s3://{bucket}/reg"
     first, second = _sources(moto, bucket, tmp_path, 2)
-    clean = Registry.open(base, moto.s3_resource())
+    clean = Registry.open(base, s3_settings(moto.s3_resource()))
     clean.register("m", trd.Checkpoint(first, clean.filesystem), metrics={"i": 0})
     clean.promote("m", 1, expected_version=None)
 
@@ -442,7 +442,7 @@ def test_registry_step_that_keeps_failing(moto, tmp_path, monkeypatch, step, tal
 
     proxy = S3Proxy(moto.endpoint_url, hook=hook)
     try:
-        reg = Registry.open(base, _resource(moto, proxy.endpoint_url, max_attempts=2))
+        reg = Registry.open(base, s3_settings(_resource(moto, proxy.endpoint_url, max_attempts=2)))
         outcome: dict[str, Any] = {}
         for op, call in (
             ("register", lambda: reg.register("m", trd.Checkpoint(second, reg.filesystem),
@@ -491,7 +491,7 @@ def test_registry_step_that_keeps_failing(moto, tmp_path, monkeypatch, step, tal
 
 
 def _registry_via(moto: Any, base: str, proxy: S3Proxy) -> Registry:
-    return Registry.open(base, _resource(moto, proxy.endpoint_url))
+    return Registry.open(base, s3_settings(_resource(moto, proxy.endpoint_url)))
 
 
 def test_lost_answers_to_conditional_writes_are_recognised(moto, tmp_path, tally):
@@ -502,7 +502,7 @@ def test_lost_answers_to_conditional_writes_are_recognised(moto, tmp_path, tally
     src = _sources(moto, bucket, tmp_path, 4)
     proxy = S3Proxy(moto.endpoint_url, fault_rate=0.5, faults=("reset_after",),
                     match=conditional_put, seed=9)
-    clean = Registry.open(base, moto.s3_resource())
+    clean = Registry.open(base, s3_settings(moto.s3_resource()))
     try:
         reg = _registry_via(moto, base, proxy)
         sources, promoted = {}, []
@@ -553,7 +553,7 @@ def test_own_promotion_superseded_before_the_retry_is_not_a_conflict(moto, tmp_p
     bucket = moto.new_bucket("superseded")
     base = f"s3://{bucket}/reg"
     src = _sources(moto, bucket, tmp_path, 3)
-    b = Registry.open(base, moto.s3_resource())
+    b = Registry.open(base, s3_settings(moto.s3_resource()))
     for i, path in enumerate(src):
         b.register("m", trd.Checkpoint(path, b.filesystem), metrics={"i": i})
     b.promote("m", 1, expected_version=None, reason="first")
@@ -600,7 +600,7 @@ def test_register_whose_every_answer_is_lost_still_commits_once(moto, tmp_path, 
     finally:
         proxy.stop()
     assert version.version == 1 and proxy.stats["faults"]["reset_after"] >= 2
-    clean = Registry.open(base, moto.s3_resource())
+    clean = Registry.open(base, s3_settings(moto.s3_resource()))
     _check_registry(clean, "m", {1: path}, [])
     tally["faults injected"] += _faults(proxy)
 
@@ -633,7 +633,7 @@ def test_endpoint_down_is_a_clear_quick_error_and_writes_nothing(moto, s3_runs, 
     model = "m"
     if case in ("promote", "get", "history"):
         (path,) = _sources(moto, bucket, tmp_path, 1)
-        reg = Registry.open(f"{base}/reg", good)
+        reg = Registry.open(f"{base}/reg", s3_settings(good))
         reg.register(model, trd.Checkpoint(path, reg.filesystem), metrics={"a": 1})
     if case == "io_load_input":
         io = trd.RayTrainResultIOManager(base_path=f"{base}/io", s3=good, checkpoints="copy")

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
@@ -79,6 +80,30 @@ def asset_key(ref: Any, *, what: str) -> dg.AssetKey:
         f"{what} must be an asset (AssetsDefinition), an AssetSpec, an AssetKey or a key "
         f"string such as 'train' or 'models/train', got {type(ref).__name__}: {ref!r}"
     )
+
+
+def storage_parts(
+    parts: Sequence[str], partition: str | dg.MultiPartitionKey | None = None
+) -> list[str]:
+    """Folder names for an asset key's parts and a partition, the same in every IO manager.
+
+    Each part is percent-encoded (separators, ``:``, ``@`` and other unsafe characters), and a
+    partition's folders start with ``@``, which an encoded key part never does: asset ``a``
+    partition ``b`` (``a/@b``) and asset ``a/b`` (``a/b``) can never share a folder. A
+    multi-partition key gives one ``@dimension=value`` folder per dimension, sorted.
+    """
+    out = [_safe_part(p) for p in parts]
+    if isinstance(partition, dg.MultiPartitionKey):
+        out += [f"@{_safe_part(dim)}={_safe_part(value)}"
+                for dim, value in sorted(partition.keys_by_dimension.items())]
+    elif partition is not None:
+        out.append("@" + _safe_part(str(partition)))
+    return out
+
+
+def _safe_part(part: str) -> str:
+    text = urllib.parse.quote(str(part), safe="-_.")
+    return text.replace(".", "%2E") if text in (".", "..") else text
 
 
 def partitions_of(ref: Any) -> dg.PartitionsDefinition | None:

@@ -31,7 +31,7 @@ def _ranking(result: TrainResult, metric: str, chosen: Checkpoint) -> dg.TableMe
         raw = lookup_metric(metrics, metric)
         value = finite_number(raw)
         rows.append(dg.TableRecord({
-            "checkpoint": ckpt.name,
+            "checkpoint": ckpt.dir_name,
             "report_index": result.report_index_of(ckpt, default=-1),
             "value": value,
             "raw": "missing" if raw is MISSING else repr(raw),
@@ -85,7 +85,8 @@ def build_best_checkpoint_asset(
     def _best_checkpoint(context: dg.AssetExecutionContext, result: Any) -> dg.Output:
         run = as_train_result(result, what=f"input {upstream.to_user_string()!r}")
         chosen, metrics = select_best_checkpoint(run, metric, mode, ties=ties)
-        checkpoint = Checkpoint(chosen.path, chosen.filesystem, metrics=metrics)
+        checkpoint = Checkpoint(chosen.path, chosen.filesystem, metrics=metrics,
+                                dir_name=chosen.dir_name)
         value = finite_number(lookup_metric(metrics, metric))
         context.log.info(f"best checkpoint by {metric} ({mode}): {checkpoint.uri} = {value}")
         if run.status == "failed":

@@ -24,7 +24,6 @@ import concurrent.futures
 import os
 import types
 import typing
-import urllib.parse
 from typing import Any, Literal
 
 import dagster as dg
@@ -33,7 +32,7 @@ from dagster_aws.s3 import S3Resource
 from pydantic import Field, PrivateAttr, field_validator
 
 import trainresults_dagster.storage as storage
-from trainresults_dagster.dagster._wiring import s3_settings
+from trainresults_dagster.dagster._wiring import s3_settings, storage_parts
 from trainresults_dagster.errors import CheckpointMissingError
 from trainresults_dagster.runs.checkpoint import Checkpoint
 from trainresults_dagster.runs.coerce import as_train_result
@@ -141,9 +140,7 @@ class RayTrainResultIOManager(dg.ConfigurableIOManager):
             )
         else:
             parts = ["_ops", *context.get_identifier()]
-        if partition is not None:
-            parts += _partition_parts(partition)
-        root = "/".join([base.rstrip("/"), *(_safe_part(p) for p in parts)])
+        root = "/".join([base.rstrip("/"), *storage_parts(parts, partition)])
         return ResultStore(fs, root, filesystem_for=self._filesystem_for)
 
     # ------------------------------------------------------------------ output
@@ -172,6 +169,8 @@ class RayTrainResultIOManager(dg.ConfigurableIOManager):
         }
         stored = store.write(result, copy_checkpoints=self.checkpoints == "copy",
                              commit=not failed, extra=extra)
+        for warning in stored.warnings:
+            context.log.warning(f"{store.uri}: {warning}")
         context.log.info(
             f"stored run {result.uri} ({len(result.checkpoints)} checkpoints, "
             f"checkpoints={self.checkpoints}) as {stored.manifest_uri}"
@@ -293,15 +292,3 @@ def _run_id(context: dg.OutputContext) -> str | None:
         return context.run_id
     except dg.DagsterInvariantViolationError:  # a context built by hand, outside a run
         return None
-
-
-def _partition_parts(partition: str | dg.MultiPartitionKey) -> list[str]:
-    if isinstance(partition, dg.MultiPartitionKey):
-        return [v for _, v in sorted(partition.keys_by_dimension.items())]
-    return [str(partition)]
-
-
-def _safe_part(part: str) -> str:
-    """One path component: percent-encodes separators, ``:`` and other unsafe characters."""
-    text = urllib.parse.quote(str(part), safe="-_.=")
-    return text.replace(".", "%2E") if text in (".", "..") else text

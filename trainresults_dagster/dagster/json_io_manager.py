@@ -18,7 +18,6 @@ the default ``io_manager_key`` of ``build_best_checkpoint_asset`` and ``build_pr
 from __future__ import annotations
 
 import os
-import urllib.parse
 from typing import Any
 
 import dagster as dg
@@ -27,7 +26,7 @@ from dagster_aws.s3 import S3Resource
 from pydantic import Field, PrivateAttr
 
 import trainresults_dagster.storage as storage
-from trainresults_dagster.dagster._wiring import s3_settings
+from trainresults_dagster.dagster._wiring import s3_settings, storage_parts
 from trainresults_dagster.errors import CorruptValueError
 from trainresults_dagster.registry.model_version import ModelVersion
 from trainresults_dagster.runs.checkpoint import Checkpoint
@@ -75,9 +74,7 @@ class JsonIOManager(dg.ConfigurableIOManager):
 
     def _path(self, context: dg.InputContext | dg.OutputContext, partition: str | None) -> str:
         fs, root = self._location()
-        parts = [urllib.parse.quote(p, safe="") for p in context.asset_key.path]
-        if partition is not None:
-            parts.append(urllib.parse.quote(partition, safe=""))
+        parts = storage_parts(context.asset_key.path, partition)
         return f"{root}/{'/'.join(parts)}.json"
 
     # ----------------------------------------------------------------- output
@@ -173,7 +170,9 @@ def decode(
         return ModelVersion.from_dict(value, filesystem=fs, where=where)
     if kind == "Checkpoint":
         metrics = value.get("metrics")
-        return Checkpoint(value["uri"], fs, metrics=metrics if isinstance(metrics, dict) else None)
+        name = value.get("dir_name")
+        return Checkpoint(value["uri"], fs, metrics=metrics if isinstance(metrics, dict) else None,
+                          dir_name=name if isinstance(name, str) else None)
     if kind == "TrainResult":
         return TrainResult.from_dict(value, filesystem=fs, where=where)
     raise CorruptValueError(

@@ -148,7 +148,7 @@ def result_metadata(
     checkpoints="copy"), so the UI links to what stays valid.
     """
     def uri_of(ckpt: Any) -> str:
-        return (checkpoint_uris or {}).get(ckpt.name) or ckpt.uri
+        return (checkpoint_uris or {}).get(ckpt.dir_name) or ckpt.uri
 
     checkpoints = result.checkpoints
     frame = result.metrics_dataframe

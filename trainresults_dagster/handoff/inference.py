@@ -190,9 +190,20 @@ def _row_group_batches(dataset: pads.Dataset, batch_size: int) -> Iterator[pa.Re
     columns, whatever their readahead settings; a row group at a time stays flat (~50 MiB)
     and is faster. Memory is bounded by the batch and the input's row-group size.
     """
+    schema = dataset.schema  # files may order (or miss) columns differently: read by name
     for fragment in dataset.get_fragments():
         for row_group in fragment.split_by_row_group():
-            yield from row_group.to_batches(batch_size=batch_size, use_threads=True)
+            try:
+                batches = row_group.to_batches(
+                    schema=schema, columns=schema.names, batch_size=batch_size, use_threads=True
+                )
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+                raise InferenceInputError(
+                    f"expected every input file to have the columns of the first one "
+                    f"({', '.join(f'{f.name}: {f.type}' for f in schema)[:300]}), but "
+                    f"{fragment.path} does not: {exc}"
+                ) from exc
+            yield from batches
 
 
 def _rebatch(batches: Iterator[pa.RecordBatch], size: int) -> Iterator[pa.Table]:

@@ -38,6 +38,7 @@ Why this shape:
 
 from __future__ import annotations
 
+import calendar
 import concurrent.futures
 import getpass
 import hashlib
@@ -552,10 +553,22 @@ class Registry:
             name = info.base_name
             if info.type != pafs.FileType.Directory or name in referenced:
                 continue
-            started = storage.parse_stamp(name)
+            started = _data_time(name)
             if started is None:
                 continue  # not a folder we made
             if started <= cutoff:
                 storage.delete_dir(self.filesystem, info.path)
                 removed.append(storage.to_uri(self.filesystem, info.path))
         return removed
+
+
+def _data_time(name: str) -> float | None:
+    """When a data folder was started, from its name (``storage.stamp``, or the seconds-only
+    ``%Y%m%dT%H%M%SZ`` stamp of registries written before 0.2); None if it is not ours."""
+    stamp = storage.parse_stamp(name)
+    if stamp is not None:
+        return stamp
+    try:
+        return float(calendar.timegm(time.strptime(name.split("-", 1)[0], "%Y%m%dT%H%M%SZ")))
+    except ValueError:
+        return None

@@ -34,9 +34,11 @@ class Checkpoint:
         filesystem: pafs.FileSystem | None = None,
         *,
         metrics: dict[str, Any] | None = None,
+        dir_name: str | None = None,
     ) -> None:
         self.filesystem, self.path = storage.resolve(path, filesystem)
         self.metrics = metrics
+        self._dir_name = dir_name
 
     # ----------------------------------------------------------------- identity
     @property
@@ -46,7 +48,15 @@ class Checkpoint:
 
     @property
     def name(self) -> str:
+        """The folder's own name (the last path segment)."""
         return self.path.rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def dir_name(self) -> str:
+        """Its ``checkpoint_dir_name`` in the run: the path below the run folder, which may
+        be nested (``ckpts/epoch-0``, as ``report(checkpoint_dir_name=...)`` allows). It
+        identifies the checkpoint within its run, also for a copy stored elsewhere."""
+        return self._dir_name or self.name
 
     def __repr__(self) -> str:
         return f"Checkpoint(uri={self.uri!r})"
@@ -134,4 +144,4 @@ class Checkpoint:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"uri": self.uri, "metrics": self.metrics}
+        return {"uri": self.uri, "metrics": self.metrics, "dir_name": self.dir_name}

@@ -217,8 +217,7 @@ def _inline(text: Any, markup: Markup) -> str:
     if markup == "slack":
         return slack_code(text)
     if markup == "markdown":
-        plain = str(text).replace("`", "'")
-        return f"`{plain}`" if plain else "` `"
+        return escape_markdown(" ".join(str(text).split()))
     return str(text)
 
 
@@ -247,6 +246,9 @@ def format_failure(
         lines = [f"Error: {_inline(error_type, markup)}"]
     failures = context.get("worker_failures") or {}
     message = context.get("message")
+    # Slack shows a short summary: the ranks say it all. Elsewhere the message comes first.
+    if message and (markup != "slack" or not failures):
+        lines.append(_block(clip(str(message), max_message), markup))
     if failures:
         lines.append("Failed ranks:")
         shown = sorted(failures.items(), key=lambda kv: rank_order(kv[0]))
@@ -255,8 +257,6 @@ def format_failure(
             lines.append(f"• rank {label}: {_inline(first_line(text), markup)}")
         if len(failures) > MAX_RANKS_SHOWN:
             lines.append(f"• ... and {len(failures) - MAX_RANKS_SHOWN} more")
-    elif message:
-        lines.append(_block(clip(str(message), max_message), markup))
     if context.get("run_uri"):
         lines.append(f"Run: {_inline(context['run_uri'], markup)}")
     if context.get("last_checkpoint_uri"):

@@ -109,7 +109,7 @@ def _parse_entry(entry: Any, where: str, what: str) -> tuple[str, dict[str, Any]
     if not isinstance(entry, dict):
         raise CorruptRunError(f"expected {what} to be an object in {where}, got {entry!r:.120}")
     name = entry.get("checkpoint_dir_name")
-    name = storage.safe_name(name, what=f"{what}.checkpoint_dir_name", where=where)
+    name = storage.safe_relative(name, what=f"{what}.checkpoint_dir_name", where=where)
     metrics = entry.get("metrics")
     if metrics is None:
         metrics = {}
@@ -188,7 +188,7 @@ def read_v2(
         referenced = {n for n, _ in parsed["entries"]}
         if parsed["latest"]:
             referenced.add(parsed["latest"][0])
-        missing = sorted(n for n in referenced if names.get(n) != pafs.FileType.Directory)
+        missing = sorted(n for n in referenced if not _is_checkpoint_dir(fs, path, names, n))
         if not missing:
             break
         # Ray writes the new snapshot before deleting evicted folders: re-read.
@@ -215,7 +215,7 @@ def read_v2(
     gone = set(missing)
 
     def ckpt(name: str, metrics: dict[str, Any]) -> Checkpoint:
-        return Checkpoint(f"{path}/{name}", fs, metrics=metrics)
+        return Checkpoint(f"{path}/{name}", fs, metrics=metrics, dir_name=name)
 
     best = [(ckpt(n, m), m) for n, m in parsed["entries"] if n not in gone]
     latest_name, latest_metrics = parsed["latest"] if parsed["latest"] else (None, None)
@@ -247,6 +247,17 @@ def read_v2(
         record=record,
         ray_version=parsed["ray_version"],
     )
+
+
+def _is_checkpoint_dir(
+    fs: pafs.FileSystem, path: str, names: dict[str, pafs.FileType], name: str
+) -> bool:
+    """Whether the checkpoint folder ``name`` exists. The run folder's one listing answers for
+    plain names; a nested name (``ckpts/epoch-0``) costs one more request, only for it."""
+    head, _, rest = name.partition("/")
+    if names.get(head) != pafs.FileType.Directory:
+        return False
+    return not rest or storage.is_dir(fs, f"{path}/{name}")
 
 
 def _from_record_only(fs: pafs.FileSystem, path: str) -> RunFields:

@@ -102,14 +102,17 @@ class TrainResult:
         return cls(**read_run(fs, path, missing_checkpoints=missing_checkpoints))
 
     @classmethod
-    def from_ray(cls, result: ray.train.Result, *, read_storage: bool = False) -> TrainResult:
+    def from_ray(cls, result: ray.train.Result, *, read_storage: bool = True) -> TrainResult:
         """Convert a ``ray.train.Result`` (V2 or V1).
 
-        With ``read_storage=True`` the run folder is read as well, so the result carries
-        every persisted checkpoint in chronological order and the ``RunRecorder`` history
-        (Ray's live result keeps only ``num_to_keep`` of them and not the latest); the live
-        error and return value are kept. Falls back to the object alone if storage is not
-        readable.
+        By default the run folder is read as well, so the result carries every persisted
+        checkpoint in chronological (report) order and the ``RunRecorder`` history: Ray's
+        live result keeps only ``num_to_keep`` of them, sorted by score, not by time. The
+        live result decides the outcome: its error (or its lack of one: a failure stored by
+        an earlier, retried attempt does not make a finished run failed) and return value
+        are kept. When storage is not readable (or ``read_storage=False``) only the object
+        is used; the report order is then unknown, so checkpoints are ordered by their
+        folder names, which is time order for Ray's default ``checkpoint_<date>`` names.
         """
         fs = result.filesystem
         error = TrainingError.from_exception(result.error) if result.error is not None else None
@@ -120,21 +123,23 @@ class TrainResult:
             except (TrainResultsError, OSError):
                 stored = None
             if stored is not None:
-                stored.error = error or stored.error
+                stored.error = error
                 stored.return_value = return_value
                 return stored
-        best = [
-            (Checkpoint(c.path, c.filesystem, metrics=m), m) for c, m in (result.best_checkpoints or [])
-        ]
+        best = sorted(
+            ((Checkpoint(c.path, c.filesystem, metrics=m), m)
+             for c, m in (result.best_checkpoints or [])),
+            key=lambda cm: cm[0].dir_name,
+        )
         latest = None
         if result.checkpoint is not None:
             latest = Checkpoint(result.checkpoint.path, result.checkpoint.filesystem,
                                 metrics=result.metrics)
-        history = [{"report_index": i, "metrics": m, "checkpoint_dir_name": c.name}
+        history = [{"report_index": i, "metrics": m, "checkpoint_dir_name": c.dir_name}
                    for i, (c, m) in enumerate(best)]
-        if latest is not None and latest.name not in {h["checkpoint_dir_name"] for h in history}:
+        if latest is not None and latest.dir_name not in {h["checkpoint_dir_name"] for h in history}:
             history.append({"report_index": len(history), "metrics": result.metrics or {},
-                            "checkpoint_dir_name": latest.name})
+                            "checkpoint_dir_name": latest.dir_name})
         return cls(
             path=result.path,
             filesystem=fs,
@@ -144,6 +149,7 @@ class TrainResult:
             best_checkpoints=best,
             history=history,
             layout="v2" if hasattr(result, "return_value") else "v1",
+            report_indices={h["checkpoint_dir_name"]: h["report_index"] for h in history},
             return_value=return_value,
         )
 
@@ -209,7 +215,7 @@ class TrainResult:
         yield from pairs
 
     def report_index_of(self, checkpoint: Checkpoint, *, default: int = 0) -> int:
-        return self._report_indices.get(checkpoint.name, default)
+        return self._report_indices.get(checkpoint.dir_name, default)
 
     def get_best_checkpoint(
         self, metric: str, mode: Literal["min", "max"], *, ties: Literal["latest", "earliest"] = "latest"
@@ -243,10 +249,10 @@ class TrainResult:
             "layout": self.layout,
             "status": self.status,
             "metrics": self.metrics,
-            "latest": self.checkpoint.name if self.checkpoint else None,
+            "latest": self.checkpoint.dir_name if self.checkpoint else None,
             "checkpoints": [
-                {"name": c.name, "uri": c.uri, "metrics": m,
-                 "report_index": self._report_indices.get(c.name)}
+                {"name": c.dir_name, "uri": c.uri, "metrics": m,
+                 "report_index": self._report_indices.get(c.dir_name)}
                 for c, m in self.best_checkpoints
             ],
             "latest_metrics": self.metrics,
@@ -281,13 +287,16 @@ class TrainResult:
                 raise CorruptRunError(f"expected checkpoints[{i}] to have a 'uri' string in {where}")
             raw = e.get("metrics")
             metrics: dict[str, Any] = raw if isinstance(raw, dict) else {}
-            ckpt = Checkpoint(e["uri"], ckpt_fs, metrics=metrics)
+            name = e.get("name") if isinstance(e.get("name"), str) else None
+            ckpt = Checkpoint(e["uri"], ckpt_fs, metrics=metrics, dir_name=name)
             best.append((ckpt, metrics))
             if isinstance(e.get("report_index"), int):
-                indices[ckpt.name] = e["report_index"]
+                indices[ckpt.dir_name] = e["report_index"]
         latest = None
         if isinstance(data.get("latest_uri"), str):
-            latest = Checkpoint(data["latest_uri"], ckpt_fs, metrics=data.get("latest_metrics"))
+            latest_name = data.get("latest") if isinstance(data.get("latest"), str) else None
+            latest = Checkpoint(data["latest_uri"], ckpt_fs, metrics=data.get("latest_metrics"),
+                                dir_name=latest_name)
         error = None
         if data.get("error"):
             try:

@@ -63,7 +63,7 @@ def select_best_checkpoint(
         raw = lookup_metric(metrics, metric)
         value = finite_number(raw)
         if value is None:
-            seen.append(f"{ckpt.name}: {describe_value(raw)}")
+            seen.append(f"{ckpt.dir_name}: {describe_value(raw)}")
             continue
         key = (sign * value, tie_sign * result.report_index_of(ckpt, default=order))
         if best is None or key > best[:2]:

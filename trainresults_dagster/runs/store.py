@@ -83,6 +83,8 @@ class StoredVersion:
     #: checkpoint name -> where the stored version points (the copy, or the original)
     checkpoint_uris: dict[str, str] = field(default_factory=dict)
     manifest: dict[str, Any] = field(default_factory=dict)
+    #: what the caller should tell the user (e.g. an unreadable pointer that was replaced)
+    warnings: list[str] = field(default_factory=list)
 
 
 class ResultStore:
@@ -120,18 +122,26 @@ class ResultStore:
         version = new_version()
         parent = self.root if commit else f"{self.root}/{FAILED_DIR}"
         path = f"{parent}/{version}"
-        previous = self.current_version() if commit else None
+        warnings: list[str] = []
+        previous = None
+        if commit:
+            try:
+                previous = self.current_version()
+            except CorruptRunError as exc:
+                # A torn, foreign or hand-edited pointer must not block every later
+                # materialisation: the new, complete version replaces it.
+                warnings.append(f"replacing an unreadable pointer: {exc}")
 
         data = result.to_dict()
         copied = 0
-        mapping = {c.name: c.uri for c in result.checkpoints}
+        mapping = {c.dir_name: c.uri for c in result.checkpoints}
         if copy_checkpoints:
             mapping, copied = self._copy_checkpoints(result, f"{path}/{CHECKPOINTS_DIR}")
             for entry in data["checkpoints"]:
                 entry["source_uri"] = entry["uri"]
                 entry["uri"] = mapping[entry["name"]]
             if result.checkpoint is not None:
-                data["latest_uri"] = mapping[result.checkpoint.name]
+                data["latest_uri"] = mapping[result.checkpoint.dir_name]
         metrics_info = self._write_metrics(result.metrics_dataframe, path)
         manifest = {
             "schema": MANIFEST_SCHEMA,
@@ -159,7 +169,7 @@ class ResultStore:
         else:
             self._trim_failed(keep=version)
         return StoredVersion(version, path, storage.to_uri(self.filesystem, manifest_path),
-                             commit, copied, mapping, manifest)
+                             commit, copied, mapping, manifest, warnings)
 
     def _copy_checkpoints(self, result: TrainResult, target: str) -> tuple[dict[str, str], int]:
         """Copy every checkpoint (server-side on one S3, in parallel); ``{name: new URI}``."""
@@ -167,7 +177,9 @@ class ResultStore:
         where = result.uri
 
         def _one(ckpt: Any) -> int:
-            dst = storage.safe_child(target, ckpt.name, what="checkpoint folder name", where=where)
+            dst = storage.safe_descendant(
+                target, ckpt.dir_name, what="checkpoint folder name", where=where
+            )
             if not ckpt.exists():
                 raise CheckpointMissingError(
                     f"expected checkpoint folder {ckpt.uri} of run {where} to copy, but it is "
@@ -179,7 +191,7 @@ class ResultStore:
         workers = max(1, min(8, len(checkpoints)))
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
             counts = list(pool.map(_one, checkpoints))
-        mapping = {c.name: storage.to_uri(self.filesystem, f"{target}/{c.name}")
+        mapping = {c.dir_name: storage.to_uri(self.filesystem, f"{target}/{c.dir_name}")
                    for c in checkpoints}
         return mapping, sum(counts)
 
@@ -347,7 +359,7 @@ def frame_to_parquet(frame: pd.DataFrame) -> tuple[bytes, list[str]]:
             continue
         try:
             kind = pa.array(column, from_pandas=True).type
-        except (pa.ArrowException, TypeError, ValueError):
+        except (pa.ArrowException, TypeError, ValueError, OverflowError):
             kind = None
         plain = kind is not None and (
             pa.types.is_string(kind) or pa.types.is_large_string(kind)
@@ -367,6 +379,7 @@ def frame_to_parquet(frame: pd.DataFrame) -> tuple[bytes, list[str]]:
 def read_parquet_frame(
     fs: pafs.FileSystem, path: str, json_columns: list[str]
 ) -> pd.DataFrame:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     where = storage.to_uri(fs, path)
@@ -379,10 +392,12 @@ def read_parquet_frame(
         table = storage.call(_read, what="read", where=where)
     except FileNotFoundError as exc:
         raise CorruptRunError(f"expected the metrics file {where}, but it is gone") from exc
-    except OSError as exc:
-        if "parquet" in str(exc).lower() or "magic" in str(exc).lower():
-            raise CorruptRunError(f"expected a Parquet file at {where}: {exc}") from exc
-        raise
+    except (pa.ArrowException, OSError) as exc:
+        if storage.is_transient(exc) or isinstance(exc, storage.StorageError):
+            raise  # the store failed, not the file
+        raise CorruptRunError(
+            f"expected a Parquet metrics file at {where}, but it cannot be read: {exc}"
+        ) from exc
     frame = table.to_pandas()
     for name in json_columns:
         if name in frame.columns:
