@@ -7,7 +7,6 @@ section and the optional ones (inference, serving, alert webhook, S3) commented 
 """
 
 import re
-import textwrap
 
 import dagster as dg
 from pydantic import BaseModel, Field
@@ -148,4 +147,4 @@ class TrainingPipelineScaffolder(dg.Scaffolder[TrainingPipelineScaffoldParams]):
             with open(request.target_path, "a", encoding="utf-8") as fh:
                 fh.write("---\n" + text)
             return
-        (request.target_path / "defs.yaml").write_text(textwrap.dedent(text), encoding="utf-8")
+        (request.target_path / "defs.yaml").write_text(text, encoding="utf-8")
