@@ -23,8 +23,11 @@ test: lint
 demo: install
 	$(BIN)/python -m trainresults_dagster.examples.demo
 
+# Long soak, fuzz and race runs; the property tests run with many more generated examples.
 stress: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m stress tests
+	TRAINRESULTS_HYPOTHESIS_EXAMPLES=2000 $(BIN)/python -m pytest -q -p no:cacheprovider \
+		tests/test_production_inputs.py -k "uri or snapshot"
 
 bench: install
 	$(BIN)/python -m benchmarks.run

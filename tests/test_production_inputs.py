@@ -416,6 +416,9 @@ def ray_snapshots(draw):
         "pending_training_results": [],
         "pending_validation_specs": [],
         "current_report_index": (indices[-1] + 1) if names else 0,
+        "validated_checkpoint_dir_names": [],
+        "timed_out_validation_checkpoint_dir_names": [],
+        "failed_validation_checkpoint_dir_names": [],
     }
 
 
@@ -490,7 +493,9 @@ def test_a_mutated_snapshot_reads_like_ray_or_fails_naming_the_file(
     elif kind == "not-json":
         text = "\x00\xff garbage"
     root = tmp_path_factory.mktemp("mut")
-    clean = {**snapshot, "checkpoint_results": [e for e in snapshot.get("checkpoint_results") or []
+    entries = snapshot.get("checkpoint_results")
+    clean = {**snapshot, "checkpoint_results": [e for e in (entries if isinstance(entries, list)
+                                                            else [])
                                                 if isinstance(e, dict)
                                                 and isinstance(e.get("checkpoint_dir_name"), str)
                                                 and ".." not in e["checkpoint_dir_name"]]}

@@ -228,7 +228,7 @@ def scheme_of(filesystem: pafs.FileSystem) -> str:
         return ""
     if name == "gcs":
         return "gs"
-    if name == "py":  # pyarrow.fs.PyFileSystem(FSSpecHandler(...))
+    if name.startswith("py"):  # pyarrow.fs.PyFileSystem(FSSpecHandler(...)): "py::fsspec+..."
         protocol = getattr(getattr(getattr(filesystem, "handler", None), "fs", None), "protocol", None)
         if isinstance(protocol, list | tuple) and protocol:
             protocol = protocol[0]
@@ -254,7 +254,7 @@ def safe_name(name: Any, *, what: str, where: str) -> str:
     """
     if not isinstance(name, str) or not name or name in (".", ".."):
         raise UnsafePathError(f"{what} must be a non-empty folder name, got {name!r} in {where}")
-    if "/" in name or "\\" in name or "\x00" in name or name.startswith("~"):
+    if "/" in name or "\\" in name or "\x00" in name:
         raise UnsafePathError(
             f"{what} must be a single folder name without separators, got {name!r} in {where}"
         )

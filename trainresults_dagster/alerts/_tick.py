@@ -84,7 +84,7 @@ class Tick:
         root: str,
         *,
         s3_client: Any,
-        deliver: Callable[[dict[str, Any]], None] | None,
+        deliver: Callable[[dict[str, Any]], object] | None,
         max_runs: int,
         overlap_seconds: float,
         max_read_attempts: int,

@@ -60,7 +60,7 @@ def scan_failed_runs(
     *,
     filesystem: pafs.FileSystem | None = None,
     s3_client: Any = None,
-    deliver: Callable[[dict[str, Any]], None] | None = None,
+    deliver: Callable[[dict[str, Any]], object] | None = None,
     include_v1: bool = True,
     v1_rescan_seconds: float = V1_RESCAN_SECONDS,
     max_runs: int = 100,

@@ -76,15 +76,16 @@ class _Ledger:
         self._prefix = f"trainresults/delivered/{sensor_name}/"
         self.skipped: set[str] = set()
 
-    def deliver(self, sink: Any, alert: dict[str, Any]) -> None:
-        """Send unless already delivered (then it is listed in ``skipped``)."""
+    def deliver(self, sink: Any, alert: dict[str, Any]) -> bool:
+        """Send unless already delivered; True when sent now."""
         key = self._prefix + str(alert["alert_id"])
         if self._store is not None and self._store.get_cursor_values({key}):
             self.skipped.add(str(alert["alert_id"]))
-            return
+            return False
         sink.send(alert)
         if self._store is not None:
             self._store.set_cursor_values({key: storage.iso()})
+        return True
 
 
 def _instance_or_none(context: dg.SensorEvaluationContext) -> Any:

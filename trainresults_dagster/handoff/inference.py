@@ -193,17 +193,17 @@ def _row_group_batches(dataset: pads.Dataset, batch_size: int) -> Iterator[pa.Re
     schema = dataset.schema  # files may order (or miss) columns differently: read by name
     for fragment in dataset.get_fragments():
         for row_group in fragment.split_by_row_group():
+            batches = row_group.to_batches(
+                schema=schema, columns=schema.names, batch_size=batch_size, use_threads=True
+            )
             try:
-                batches = row_group.to_batches(
-                    schema=schema, columns=schema.names, batch_size=batch_size, use_threads=True
-                )
+                yield from batches  # Arrow reads (and fails) lazily, batch by batch
             except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
                 raise InferenceInputError(
                     f"expected every input file to have the columns of the first one "
                     f"({', '.join(f'{f.name}: {f.type}' for f in schema)[:300]}), but "
                     f"{fragment.path} does not: {exc}"
                 ) from exc
-            yield from batches
 
 
 def _rebatch(batches: Iterator[pa.RecordBatch], size: int) -> Iterator[pa.Table]:

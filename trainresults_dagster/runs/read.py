@@ -144,8 +144,8 @@ def _parse_snapshot(data: Any, where: str) -> dict[str, Any]:
     )
     latest_raw = data.get("latest_checkpoint_result")
     latest = _parse_entry(latest_raw, where, "latest_checkpoint_result") if latest_raw else None
-    if latest is None and entries:
-        latest = entries[max(range(len(entries)), key=lambda i: order[i])]
+    # No latest_checkpoint_result: no latest checkpoint and no metrics, as Ray reads it
+    # (Result.from_path gives checkpoint=None, metrics=None), even when others are ranked.
     return {
         "entries": entries,
         "report_indices": order,

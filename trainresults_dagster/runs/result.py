@@ -149,7 +149,7 @@ class TrainResult:
             best_checkpoints=best,
             history=history,
             layout="v2" if hasattr(result, "return_value") else "v1",
-            report_indices={h["checkpoint_dir_name"]: h["report_index"] for h in history},
+            report_indices={str(h["checkpoint_dir_name"]): int(h["report_index"]) for h in history},
             return_value=return_value,
         )
 

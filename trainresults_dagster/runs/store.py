@@ -165,7 +165,7 @@ class ResultStore:
             pointer = {"schema": POINTER_SCHEMA, "version": version,
                        "committed_at": time.time()}
             storage.write_json_atomic(self.filesystem, f"{self.root}/{POINTER_FILE}", pointer)
-            self.collect_garbage(keep={version, previous} - {None})
+            self.collect_garbage(keep={v for v in (version, previous) if v is not None})
         else:
             self._trim_failed(keep=version)
         return StoredVersion(version, path, storage.to_uri(self.filesystem, manifest_path),
