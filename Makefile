@@ -51,7 +51,7 @@ bench: install
 # ruff keeps the layering (no dagster outside dagster/, no module-level ray/torch/boto3);
 # basedpyright keeps the types and reports import cycles as errors.
 lint: install
-	$(BIN)/ruff check trainresults_dagster tests benchmarks
+	$(BIN)/ruff check trainresults_dagster tests benchmarks examples
 	$(BIN)/basedpyright
 	$(BIN)/python -c "import sys, trainresults_dagster; heavy = {'ray', 'torch', 'dagster', 'boto3', 'pandas'} & set(sys.modules); assert not heavy, heavy"
 

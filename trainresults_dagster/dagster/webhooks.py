@@ -3,7 +3,8 @@
 same way (``trainresults_dagster.webhook`` does the signing and the POST).
 
 A sink is any Dagster resource (or plain object) with ``send(alert: dict) -> None`` that
-raises when the alert was not delivered (``AlertSink``)."""
+raises when the alert was not delivered (``AlertSink``); ``LogAlertSink`` is the one for
+when no alert URL is configured."""
 
 from __future__ import annotations
 
@@ -160,3 +161,16 @@ class WebhookAlertSink(SignedWebhook):
         """Deliver one alert; raises ``WebhookError`` when it could not be delivered."""
         headers = {ALERT_ID_HEADER: str(alert["alert_id"])} if alert.get("alert_id") else {}
         self._post(alert, headers)
+
+
+class LogAlertSink(dg.ConfigurableResource):
+    """Alert sink for when no alert URL is configured: each alert goes to a Python logger
+    (so to the sensor's log in the Dagster UI), as one JSON line at WARNING."""
+
+    logger_name: str = Field(default="trainresults.alerts", description="Python logger to use.")
+
+    def send(self, alert: Mapping[str, Any]) -> None:
+        import json
+        import logging
+
+        logging.getLogger(self.logger_name).warning("ALERT %s", json.dumps(alert, default=str))

@@ -34,10 +34,10 @@ from typing import Any
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
-from pydantic import Field
 
 import trainresults_dagster as trd
 import trainresults_dagster.storage as storage
+from trainresults_dagster.dagster.webhooks import LogAlertSink
 from trainresults_dagster.examples.model import Predictor, make_dataset
 from trainresults_dagster.examples.serving import LocalServeTarget
 
@@ -194,16 +194,6 @@ training_failures = trd.build_training_failure_sensor(
 
 
 # ---------------------------------------------------------------------- resources
-class LogAlertSink(dg.ConfigurableResource):
-    """Alert sink used when no alert URL is configured: the alert goes to the Python log."""
-
-    logger_name: str = Field(default="trainresults.alerts", description="Python logger to use.")
-
-    def send(self, alert: dict[str, Any]) -> None:
-        import json
-        import logging
-
-        logging.getLogger(self.logger_name).warning("ALERT %s", json.dumps(alert, default=str))
 
 
 def resources() -> dict[str, Any]:

@@ -43,7 +43,8 @@ def _loss(w: np.ndarray, b: float, x: np.ndarray, y: np.ndarray) -> float:
 def train_loop(config: dict[str, Any]) -> None:
     """Ray Train loop: full-batch gradient descent, one report + checkpoint per epoch.
 
-    config: ``data_path`` (Parquet with FEATURES + label), ``epochs``, ``lr``, ``seed``.
+    config: ``data_path`` (Parquet with FEATURES + label) or ``rows`` (generate that many
+    from ``seed``), ``epochs``, ``lr``, ``seed``.
     Every rank trains on its shard and averages nothing (no collective backend needed);
     rank 0's metrics and checkpoint are the ones Ray Train keeps.
     """
@@ -51,7 +52,10 @@ def train_loop(config: dict[str, Any]) -> None:
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    frame = pd.read_parquet(config["data_path"])
+    if config.get("data_path"):
+        frame = pd.read_parquet(config["data_path"])
+    else:
+        frame = make_dataset(int(config["rows"]), seed=int(config.get("seed", 0)))
     split = int(len(frame) * 0.8)
     train, val = frame.iloc[:split], frame.iloc[split:]
     shard = train.iloc[rank::world]

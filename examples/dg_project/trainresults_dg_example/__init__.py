@@ -1,0 +1,1 @@
+"""The example pipeline declared in YAML (``defs/classifier/defs.yaml``), the dg way."""

@@ -1,0 +1,11 @@
+"""Loads everything under ``defs/``: the data asset (``data.py``) and the pipeline
+(``classifier/defs.yaml``)."""
+
+from pathlib import Path
+
+import dagster as dg
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return dg.load_from_defs_folder(path_within_project=Path(__file__).parent)
