@@ -452,7 +452,7 @@ def test_yaml_pipeline_trains_promotes_infers_and_serves(ray_session, sandbox, m
     assert trained["num_checkpoints"].value == 2
     run_dirs = list((base / "ray").iterdir())
     assert [d.name for d in run_dirs] == [f"clf-{result.run_id[:8]}"]
-    assert (run_dirs[0] / "trainresults_run.json").exists()  # RunRecorder attached
+    assert (run_dirs[0] / "trainresults_record").is_dir()  # RunRecorder attached
     assert run_uri
 
     champion = trd.CheckpointRegistry(base_path=str(base / "registry")).get("clf")

@@ -156,7 +156,7 @@ def test_dg_launch_trains_on_ray_and_promotes(project, scaffolded, ray_session):
     assert champion.metrics["val_accuracy"] >= 0.7 and champion.checkpoint.exists()
     (run_dir,) = (project.storage / "ray").iterdir()
     assert run_dir.name.startswith(f"{NAME}-")
-    assert (run_dir / "trainresults_run.json").exists()  # RunRecorder attached by request
+    assert (run_dir / "trainresults_record").is_dir()  # RunRecorder attached by request
     with dg.DagsterInstance.from_config(str(project.home)) as instance:
         for key in ASSETS:
             assert instance.get_latest_materialization_event(dg.AssetKey(key)) is not None, key

@@ -87,6 +87,20 @@ def tick(sensor: dg.SensorDefinition, instance: Any, cursor: str | None, resourc
         return sensor.evaluate_tick(context)
 
 
+def as_format_1(run_dir: Path) -> Path:
+    """Rewrite a run's RunRecorder record in the first format (one ``trainresults_run.json``),
+    as runs recorded before the append-only format have it."""
+    import shutil
+
+    from trainresults_dagster.runs.record import RECORD_DIR, RECORD_FILE
+
+    record = read_record(storage.resolve(str(run_dir))[0], str(run_dir))
+    assert record is not None
+    (run_dir / RECORD_FILE).write_text(json.dumps(record.to_dict()))
+    shutil.rmtree(run_dir / RECORD_DIR, ignore_errors=True)
+    return run_dir / RECORD_FILE
+
+
 def failure_time(run_dir: str) -> float:
     record = read_record(storage.resolve(run_dir)[0], run_dir)
     assert record is not None and record.error is not None and record.error.time is not None
@@ -169,10 +183,10 @@ def test_a_copy_that_keeps_old_times_is_still_found(tmp_path, v2_runs):
     root.put_dir(v2_runs["success"], "ok")
     cursor = scan_failed_runs(root.storage_path, include_v1=False).cursor
     root.put_dir(v2_runs["failure"], "old/copied")
-    record = root.root / "old/copied/trainresults_run.json"
     day_ago = time.time() - 86400
-    os.utime(record, (day_ago, day_ago))
-    os.utime(record.parent, (day_ago, day_ago))
+    for path in sorted((root.root / "old/copied").rglob("*"), reverse=True):
+        os.utime(path, (day_ago, day_ago))
+    os.utime(root.root / "old/copied", (day_ago, day_ago))
     outcome = scan_failed_runs(root.storage_path, cursor, include_v1=False,
                                records_rescan_seconds=0)
     assert [f.alert["run_name"] for f in outcome.found] == ["old/copied"]
@@ -181,6 +195,7 @@ def test_a_copy_that_keeps_old_times_is_still_found(tmp_path, v2_runs):
 def test_torn_record_is_retried_then_alerted(tmp_path, v2_runs):
     root = Local(tmp_path / "storage")
     root.put_dir(v2_runs["failure"], "torn")
+    as_format_1(root.root / "torn")  # format 2 drops a torn last line by design
     good = (root.root / "torn/trainresults_run.json").read_bytes()
     (root.root / "torn/trainresults_run.json").write_bytes(good[: len(good) // 2])
     first = scan_failed_runs(root.storage_path, include_v1=False)

@@ -532,7 +532,8 @@ def test_time_window_partitions(v2_runs, tmp_path):
     assert materialize([train, window], io, run=None, selection=["window"]).success
     assert {k: r.uri for k, r in seen["window"].items()} == runs
     stored = sorted(p.name for p in (tmp_path / "io" / "train").iterdir())
-    assert stored == sorted(k.replace(":", "%3A") for k in keys)  # no ':' in folder names
+    # No ':' in folder names; a partition folder starts with '@' (never an asset key part).
+    assert stored == sorted("@" + k.replace(":", "%3A") for k in keys)
 
 
 # ------------------------------------------------------------------------------ S3
@@ -630,7 +631,9 @@ def test_multi_partitions_and_op_outputs(v2_runs, tmp_path):
     assert dg.materialize([train, reader], partition_key=key,
                           resources={"io_manager": io}).success
     assert seen[key].uri == v2_runs["custom_names"]
-    assert (tmp_path / "io" / "train" / "2026-01-01" / "custom_names" / "CURRENT.json").is_file()
+    # One '@dimension=value' folder per dimension, sorted by dimension.
+    assert (tmp_path / "io" / "train" / "@day=2026-01-01" / "@run=custom_names"
+            / "CURRENT.json").is_file()
 
     @dg.op
     def fit_op() -> trd.TrainResult:

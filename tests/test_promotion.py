@@ -241,7 +241,7 @@ def test_partitioned_pipeline_records_partition(v2_runs, tmp_path):
     assert result.success
     version = resources["checkpoint_registry"].get("clf")
     assert version.lineage["partition_key"] == "a"
-    assert os.path.isfile(tmp_path / "values" / "champion" / "a.json")
+    assert os.path.isfile(tmp_path / "values" / "champion" / "@a.json")
 
 
 def test_s3_end_to_end_registry_and_values_on_s3_leak_no_secret(s3_runs, moto):

@@ -268,7 +268,13 @@ def safe_relative(rel: Any, *, what: str, where: str) -> str:
     if not isinstance(rel, str) or not rel:
         raise UnsafePathError(f"{what} must be a non-empty relative path, got {rel!r} in {where}")
     for segment in rel.split("/"):
-        safe_name(segment, what=f"{what} segment", where=where)
+        try:
+            safe_name(segment, what=f"{what} segment", where=where)
+        except UnsafePathError as exc:
+            raise UnsafePathError(
+                f"{what} must be a relative path of folder names (no '..', no leading '/', no "
+                f"empty parts), got {rel!r} in {where}"
+            ) from exc
     return rel
 
 

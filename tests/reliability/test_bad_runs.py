@@ -121,7 +121,8 @@ def test_stale_snapshot_is_re_read(copy_run):
     assert result.missing_checkpoints == []
 
 
-@pytest.mark.parametrize("bad", ["../../etc", "/etc/passwd", "a/b", "", "..", None, 5])
+# ("a/b" is legal: Ray writes nested checkpoint_dir_name values as nested folders.)
+@pytest.mark.parametrize("bad", ["../../etc", "/etc/passwd", "a/../..", "a//b", "", "..", None, 5])
 def test_unsafe_checkpoint_names_rejected(copy_run, bad):
     run = copy_run("success_plain")
     snap = _snapshot(run)
@@ -185,12 +186,12 @@ def test_unknown_record_schema(copy_run):
         trd.TrainResult.from_path(run)
     run = copy_run("success")
     folder = os.path.join(run, "trainresults_record")
-    (segment,) = os.listdir(folder)
+    segment = sorted(os.listdir(folder))[0]
     with open(os.path.join(folder, segment), "r+b") as fh:
         data = fh.read().replace(b"trainresults.record/2", b"someone-else/9", 1)
         fh.seek(0)
         fh.write(data)
-    with pytest.raises(trd.CorruptRunError, match="schema 'trainresults.record/2'"):
+    with pytest.raises(trd.CorruptRunError, match="trainresults_record"):
         trd.TrainResult.from_path(run)
 
 

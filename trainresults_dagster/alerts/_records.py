@@ -33,7 +33,13 @@ import pyarrow.fs as pafs
 import trainresults_dagster.storage as storage
 from trainresults_dagster.errors import TrainResultsError
 from trainresults_dagster.runs.read import MARKER_FILE, read_run
-from trainresults_dagster.runs.record import JOURNAL_DIR, RECORD_FILE, journal_key, read_record
+from trainresults_dagster.runs.record import (
+    JOURNAL_DIR,
+    RECORD_DIR,
+    RECORD_FILE,
+    journal_key,
+    read_record,
+)
 from trainresults_dagster.runs.result import TrainResult, training_context
 
 from ._tick import ScanState, Tick
@@ -79,7 +85,11 @@ class RecordSource:
         for rel, mtime, size in listing:
             folder = posixpath.dirname(rel)
             if posixpath.basename(rel) == RECORD_FILE and folder in found:
-                found[folder] = (mtime, size)
+                found[folder] = _fold(found[folder], mtime, size)
+            elif posixpath.basename(folder) == RECORD_DIR and posixpath.dirname(folder) in found:
+                # The append-only record (format 2): a folder of JSON Lines segments.
+                run = posixpath.dirname(folder)
+                found[run] = _fold(found[run], mtime, size)
         return found
 
     def _walk_local(self) -> Found:
@@ -102,16 +112,23 @@ class RecordSource:
                 continue
             names = {e.name: e for e in entries}
             if rel and MARKER_FILE in names:
-                record = names.get(RECORD_FILE)
-                try:
-                    st = record.stat(follow_symlinks=False) if record is not None else None
-                except FileNotFoundError:
-                    st = None
-                # ctime too: a copy that keeps the source's times (rsync -a, cp -p) still
-                # moves it, so folders synced in from elsewhere are not missed.
-                found[rel] = (
-                    (max(st.st_mtime_ns, st.st_ctime_ns), st.st_size) if st is not None else None
-                )
+                files = [names[RECORD_FILE]] if RECORD_FILE in names else []
+                segments = names.get(RECORD_DIR)
+                if segments is not None and segments.is_dir(follow_symlinks=False):
+                    try:
+                        files += list(os.scandir(segments.path))
+                    except (FileNotFoundError, NotADirectoryError, PermissionError):
+                        pass
+                fp: tuple[int, int] | None = None
+                for entry in files:
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    # ctime too: a copy that keeps the source's times (rsync -a, cp -p)
+                    # still moves it, so folders synced in from elsewhere are not missed.
+                    fp = _fold(fp, max(st.st_mtime_ns, st.st_ctime_ns), st.st_size)
+                found[rel] = fp
                 continue  # its sub-folders are checkpoints, not runs
             if depth >= MAX_DEPTH:
                 continue
@@ -298,3 +315,11 @@ def _eligible(rel: str) -> bool:
 def _ancestors(rel: str) -> list[str]:
     parts = rel.split("/")
     return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def _fold(fp: tuple[int, int] | None, mtime: int, size: int) -> tuple[int, int]:
+    """A record's fingerprint over its files (the old single file, or format 2's segments):
+    the newest time and the total size; either moves when the record changes."""
+    if fp is None:
+        return (mtime, size)
+    return (max(fp[0], mtime), fp[1] + size)
