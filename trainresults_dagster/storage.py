@@ -23,6 +23,7 @@ import calendar
 import concurrent.futures
 import dataclasses
 import datetime as dt
+import functools
 import json
 import math
 import os
@@ -152,7 +153,10 @@ def resolve(
     ``resolve(to_uri(fs, path)) == (fs, path)`` for every legal key; a plain path is taken
     as it is. With an explicit ``filesystem`` the scheme is stripped (``s3://b/k`` ->
     ``b/k``), as Ray does when you pass ``storage_filesystem``. Without one, ``s3://`` uses
-    the default ``S3Settings`` (the AWS chain and environment), other schemes go through
+    the default ``S3Settings`` (the AWS chain and environment), ``gs://``/``gcs://`` the
+    default ``GcsSettings``, ``abfs://``/``az://`` the default ``AzureSettings`` (for the
+    account of ``abfs://container@account.dfs.core.windows.net/path`` when the URI names
+    one; the path is then ``container/path``, as pyarrow has it), other schemes go through
     ``pyarrow.fs.FileSystem.from_uri`` or, for fsspec-only schemes, fsspec.
     """
     raw = os.fspath(path_or_uri)
@@ -167,20 +171,31 @@ def resolve(
             if host not in ("", "localhost"):
                 raise ValueError(f"expected a local file:// URI, got {raw!r} (host {host!r})")
             decoded = "/" + tail
-    if scheme in ("s3", "gs", "gcs"):
+    scheme = canonical_scheme(scheme)
+    if scheme in ("s3", "gs"):
         bucket = decoded.split("/", 1)[0]
         if not bucket:
             raise ValueError(f"expected {scheme}://BUCKET/key, but {raw!r} names no bucket")
+    account = None
+    if scheme == "abfs":
+        decoded, account = _split_azure(decoded, raw)
     if filesystem is not None:
         path = decoded
         if isinstance(filesystem, pafs.LocalFileSystem):
             path = os.path.abspath(path)
+        if account and isinstance(filesystem, pafs.AzureFileSystem):
+            AzureSettings.from_filesystem(filesystem).with_account(account, where=raw)
         return filesystem, path.rstrip("/") or "/"
     if not scheme:
         local = os.path.abspath(os.path.expanduser(decoded))
         return pafs.LocalFileSystem(), local.rstrip("/") or "/"
     if scheme == "s3":
         return S3Settings().filesystem(), decoded.rstrip("/")
+    if scheme == "gs":
+        return GcsSettings().filesystem(), decoded.rstrip("/")
+    if scheme == "abfs":
+        settings = AzureSettings().with_account(account, where=raw) if account else AzureSettings()
+        return settings.filesystem(), decoded.rstrip("/")
     try:
         fs, path = pafs.FileSystem.from_uri(raw)
     except (pa.ArrowInvalid, ValueError) as exc:
@@ -215,7 +230,7 @@ def resolve_matching(
     A local input next to an ``s3://`` output must not be looked up in the bucket: an
     explicit scheme that does not match the filesystem resolves on its own.
     """
-    scheme, _ = split_scheme(uri)
+    scheme = canonical_scheme(split_scheme(uri)[0])
     if filesystem is None or (scheme and scheme not in ("file", scheme_of(filesystem))):
         return resolve(uri)
     return resolve(uri, filesystem)
@@ -549,13 +564,333 @@ def s3_settings_of(s3: S3Settings | pafs.FileSystem | None) -> S3Settings:
 
 
 def filesystem_for(
-    path_or_uri: str | os.PathLike[str], s3: S3Settings | None = None
+    path_or_uri: str | os.PathLike[str],
+    s3: S3Settings | None = None,
+    *,
+    gcs: GcsSettings | None = None,
+    azure: AzureSettings | None = None,
 ) -> tuple[pafs.FileSystem, str]:
-    """Resolve a location; ``s3://`` URIs use ``s3`` (default: the AWS chain and environment)."""
-    scheme, _ = split_scheme(os.fspath(path_or_uri))
+    """Resolve a location with the settings of its store: ``s3://`` uses ``s3``, ``gs://``
+    ``gcs``, ``abfs://``/``az://`` ``azure`` (each defaults to its provider's standard
+    chain and environment); other locations as ``resolve`` does."""
+    raw = os.fspath(path_or_uri)
+    scheme = canonical_scheme(split_scheme(raw)[0])
     if scheme == "s3":
-        return resolve(path_or_uri, (s3 or S3Settings()).filesystem())
-    return resolve(path_or_uri)
+        return resolve(raw, (s3 or S3Settings()).filesystem())
+    if scheme == "gs":
+        return resolve(raw, (gcs or GcsSettings()).filesystem())
+    if scheme == "abfs":
+        _, account = _split_azure(urllib.parse.unquote(split_scheme(raw)[1]), raw)
+        settings = azure or AzureSettings()
+        if account:
+            settings = settings.with_account(account, where=raw)
+        return resolve(raw, settings.filesystem())
+    return resolve(raw)
+
+# --------------------------------------------------------------------------------------
+# Google Cloud Storage and Azure Blob
+# --------------------------------------------------------------------------------------
+
+#: Spellings of one store: ``gcs://`` is fsspec's (gcsfs) name for ``gs://``; ``az://`` and
+#: ``abfss://`` are adlfs' and Hadoop's names for what pyarrow calls ``abfs://``.
+_SCHEME_ALIASES = {"gcs": "gs", "az": "abfs", "abfss": "abfs"}
+AZURE_SCHEMES = ("abfs", "abfss", "az")
+
+
+def canonical_scheme(scheme: str) -> str:
+    """``"gcs"`` -> ``"gs"``, ``"az"``/``"abfss"`` -> ``"abfs"``; others as they are."""
+    scheme = scheme.lower()
+    return _SCHEME_ALIASES.get(scheme, scheme)
+
+
+def _gcs_environment() -> tuple[str | None, ...]:
+    names = ("STORAGE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT", "GOOGLE_APPLICATION_CREDENTIALS")
+    return tuple(os.environ.get(n) for n in names)
+
+
+@dataclasses.dataclass(frozen=True)
+class GcsSettings:
+    """How to reach Google Cloud Storage: the one GCS configuration of the library.
+
+    ``GcsSettings()`` is Google's standard chain: Application Default Credentials
+    (``GOOGLE_APPLICATION_CREDENTIALS``, ``gcloud auth application-default login``, the GKE
+    or GCE metadata server), the project from ``GOOGLE_CLOUD_PROJECT``, and an emulator from
+    ``STORAGE_EMULATOR_HOST`` as google-cloud-storage reads it (pyarrow's C++ client does
+    not, so both get it from here; an emulator is reached anonymously). The pyarrow
+    filesystem (data) and the google-cloud-storage client (generation preconditions, folder
+    listings) are built from the same values. ``access_token`` is never part of ``repr``
+    and never written anywhere.
+    """
+
+    endpoint_url: str | None = None
+    project_id: str | None = None
+    anonymous: bool = False
+    access_token: str | None = dataclasses.field(default=None, repr=False)
+
+    @classmethod
+    def from_filesystem(cls, fs: pafs.FileSystem) -> GcsSettings:
+        """The settings of a ready ``pyarrow.fs.GcsFileSystem`` (endpoint, project, token)."""
+        _, (kwargs,) = fs.__reduce__()
+        endpoint = kwargs.get("endpoint_override") or None
+        if endpoint and "://" not in endpoint:
+            endpoint = f"{kwargs.get('scheme') or 'https'}://{endpoint}"
+        return cls(
+            endpoint_url=endpoint,
+            project_id=kwargs.get("project_id") or None,
+            anonymous=bool(kwargs.get("anonymous")),
+            access_token=kwargs.get("access_token") or None,
+        )
+
+    def _endpoint(self) -> str | None:
+        endpoint = self.endpoint_url or os.environ.get("STORAGE_EMULATOR_HOST") or None
+        if endpoint and "://" not in endpoint:
+            endpoint = f"http://{endpoint}"
+        return endpoint.rstrip("/") if endpoint else None
+
+    def _anonymous(self) -> bool:
+        # An emulator named by STORAGE_EMULATOR_HOST takes no credentials, as in the SDK.
+        emulated = not self.endpoint_url and bool(os.environ.get("STORAGE_EMULATOR_HOST"))
+        return self.anonymous or (emulated and not self.access_token)
+
+    def _project(self) -> str | None:
+        return self.project_id or os.environ.get("GOOGLE_CLOUD_PROJECT") or None
+
+    def filesystem(self) -> pafs.FileSystem:
+        """A ``pyarrow.fs.GcsFileSystem`` (cached per settings and Google environment)."""
+        return _cached(("gcs-fs", self, _gcs_environment()), self._build_filesystem)
+
+    def client(self) -> Any:
+        """A ``google.cloud.storage.Client`` for the same endpoint and credentials (needs the
+        ``[gcs]`` extra)."""
+        return _cached(("gcs-client", self, _gcs_environment()), self._build_client)
+
+    def _build_filesystem(self) -> pafs.FileSystem:
+        kwargs: dict[str, Any] = {"retry_time_limit": dt.timedelta(seconds=30)}
+        endpoint = self._endpoint()
+        if endpoint:
+            scheme, rest = split_scheme(endpoint)
+            kwargs["endpoint_override"] = rest
+            kwargs["scheme"] = scheme or "https"
+        if self._anonymous():
+            kwargs["anonymous"] = True
+        elif self.access_token:
+            kwargs["access_token"] = self.access_token
+            # pyarrow needs an expiry with a token; the caller refreshes it by new settings.
+            kwargs["credential_token_expiration"] = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+        if self._project():
+            kwargs["project_id"] = self._project()
+        return pafs.GcsFileSystem(**kwargs)
+
+    def _build_client(self) -> Any:
+        google_storage = _require("google.cloud.storage", "gcs")
+        kwargs: dict[str, Any] = {"project": self._project() or "_"}
+        endpoint = self._endpoint()
+        if endpoint:
+            kwargs["client_options"] = {"api_endpoint": endpoint}
+        if self._anonymous():
+            from google.auth.credentials import AnonymousCredentials
+
+            kwargs["credentials"] = AnonymousCredentials()
+        elif self.access_token:
+            from google.oauth2.credentials import Credentials
+
+            kwargs["credentials"] = Credentials(token=self.access_token)
+        elif not self._project():
+            kwargs.pop("project")  # let ADC name the project
+        return google_storage.Client(**kwargs)
+
+
+def _require(module: str, extra: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise StorageError(
+            f"{module} is needed for this {extra.upper()} operation but is not installed; "
+            f"install the extra: pip install 'trainresults-dagster[{extra}]'"
+        ) from exc
+
+
+#: Azure's public host suffixes: an account URL on them takes pyarrow's default authority.
+_AZURE_HOSTS = (".blob.core.windows.net", ".dfs.core.windows.net")
+
+
+def _azure_environment() -> tuple[str | None, ...]:
+    names = ("AZURE_STORAGE_ACCOUNT", "AZURE_STORAGE_KEY", "AZURE_STORAGE_CONNECTION_STRING",
+             "AZURE_STORAGE_SAS_TOKEN", "AZURE_CLIENT_ID", "AZURE_TENANT_ID")
+    return tuple(os.environ.get(n) for n in names)
+
+
+def parse_connection_string(text: str) -> dict[str, str]:
+    """``AccountName=..;AccountKey=..;BlobEndpoint=..`` as a dict (Azure's own format)."""
+    out: dict[str, str] = {}
+    for part in text.split(";"):
+        if "=" in part:
+            key, _, value = part.partition("=")
+            out[key.strip()] = value.strip()
+    if "UseDevelopmentStorage" in out and out["UseDevelopmentStorage"].lower() == "true":
+        out.setdefault("AccountName", "devstoreaccount1")
+        out.setdefault("BlobEndpoint", "http://127.0.0.1:10000/devstoreaccount1")
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class AzureSettings:
+    """How to reach Azure Blob Storage (and ADLS Gen2): the one Azure configuration.
+
+    ``AzureSettings()`` follows Azure's standard variables: ``AZURE_STORAGE_CONNECTION_STRING``
+    (account, key and endpoint; Azurite's too), else ``AZURE_STORAGE_ACCOUNT`` with
+    ``AZURE_STORAGE_KEY`` or ``AZURE_STORAGE_SAS_TOKEN``, else ``DefaultAzureCredential``
+    (managed identity, workload identity on AKS, ``az login``) for the account. The pyarrow
+    ``AzureFileSystem`` (data) and the azure-storage-blob client (ETag preconditions, atomic
+    uploads, server-side copies) are built from the same values. Keys, SAS tokens and
+    connection strings are never part of ``repr`` and never written anywhere.
+    """
+
+    account_name: str | None = None
+    endpoint_url: str | None = None
+    account_key: str | None = dataclasses.field(default=None, repr=False)
+    sas_token: str | None = dataclasses.field(default=None, repr=False)
+    connection_string: str | None = dataclasses.field(default=None, repr=False)
+
+    @classmethod
+    def from_filesystem(cls, fs: pafs.FileSystem) -> AzureSettings:
+        """The settings of a ready ``pyarrow.fs.AzureFileSystem`` (account, endpoint, key)."""
+        _, (kwargs,) = fs.__reduce__()
+        authority = kwargs.get("blob_storage_authority") or ""
+        account = kwargs.get("account_name") or None
+        endpoint = None
+        if authority and not authority.startswith("."):
+            endpoint = f"{kwargs.get('blob_storage_scheme') or 'https'}://{authority}/{account}"
+        return cls(
+            account_name=account,
+            endpoint_url=endpoint,
+            account_key=kwargs.get("account_key") or None,
+            sas_token=kwargs.get("sas_token") or None,
+        )
+
+    def with_account(self, account: str, *, where: str) -> AzureSettings:
+        """These settings for the account a URI names (``container@account.dfs...``)."""
+        mine = self.resolved()["account"]
+        if mine and mine != account:
+            raise ValueError(
+                f"{where} names Azure storage account {account!r}, but the Azure settings are "
+                f"for account {mine!r}; use a URI without the account part "
+                "(abfs://container/path) or settings for that account"
+            )
+        return self if mine else dataclasses.replace(self, account_name=account)
+
+    def resolved(self) -> dict[str, str | None]:
+        """Account, key, SAS token and blob endpoint after the environment is applied."""
+        conn = parse_connection_string(
+            self.connection_string or (
+                "" if (self.account_name or self.account_key)
+                else os.environ.get("AZURE_STORAGE_CONNECTION_STRING", "")
+            )
+        )
+        account = self.account_name or conn.get("AccountName") or os.environ.get(
+            "AZURE_STORAGE_ACCOUNT") or None
+        key = self.account_key or conn.get("AccountKey") or None
+        sas = self.sas_token or conn.get("SharedAccessSignature") or None
+        if not (key or sas or conn):
+            key = os.environ.get("AZURE_STORAGE_KEY") or None
+            sas = os.environ.get("AZURE_STORAGE_SAS_TOKEN") or None
+        endpoint = self.endpoint_url or conn.get("BlobEndpoint") or None
+        if endpoint is None and account:
+            suffix = conn.get("EndpointSuffix") or "core.windows.net"
+            protocol = conn.get("DefaultEndpointsProtocol") or "https"
+            endpoint = f"{protocol}://{account}.blob.{suffix}"
+        return {"account": account, "key": key, "sas": sas,
+                "endpoint": endpoint.rstrip("/") if endpoint else None}
+
+    def _account(self, where: str) -> str:
+        account = self.resolved()["account"]
+        if not account:
+            raise ValueError(
+                f"no Azure storage account for {where}: expected AzureSettings(account_name=...), "
+                "AZURE_STORAGE_ACCOUNT, AZURE_STORAGE_CONNECTION_STRING or a URI of the form "
+                "abfs://container@ACCOUNT.dfs.core.windows.net/path"
+            )
+        return account
+
+    def filesystem(self) -> pafs.FileSystem:
+        """A ``pyarrow.fs.AzureFileSystem`` (cached per settings and Azure environment)."""
+        return _cached(("az-fs", self, _azure_environment()), self._build_filesystem)
+
+    def client(self) -> Any:
+        """An ``azure.storage.blob.BlobServiceClient`` for the same account (``[azure]``)."""
+        return _cached(("az-client", self, _azure_environment()), self._build_client)
+
+    def _build_filesystem(self) -> pafs.FileSystem:
+        values = self.resolved()
+        kwargs: dict[str, Any] = {"account_name": self._account("the Azure filesystem")}
+        if values["key"]:
+            kwargs["account_key"] = values["key"]
+        elif values["sas"]:
+            kwargs["sas_token"] = values["sas"]
+        endpoint = values["endpoint"]
+        if endpoint:
+            scheme, rest = split_scheme(endpoint)
+            host = rest.split("/", 1)[0]
+            if not host.endswith(_AZURE_HOSTS):
+                # An emulator or a private endpoint: pyarrow then puts the account in the
+                # path (http://127.0.0.1:10000/devstoreaccount1/...), as Azurite expects.
+                for kind in ("blob", "dfs"):
+                    kwargs[f"{kind}_storage_authority"] = host
+                    kwargs[f"{kind}_storage_scheme"] = scheme or "https"
+        return pafs.AzureFileSystem(**kwargs)
+
+    def _build_client(self) -> Any:
+        blob = _require("azure.storage.blob", "azure")
+        values = self.resolved()
+        account = self._account("the Azure client")
+        credential: Any
+        if values["key"]:
+            credential = {"account_name": account, "account_key": values["key"]}
+        elif values["sas"]:
+            credential = values["sas"]
+        else:
+            identity = _require("azure.identity", "azure")
+            credential = identity.DefaultAzureCredential()
+        return blob.BlobServiceClient(
+            account_url=values["endpoint"] or f"https://{account}.blob.core.windows.net",
+            credential=credential,
+            retry_total=3,
+        )
+
+
+def settings_for_filesystem(fs: pafs.FileSystem) -> S3Settings | GcsSettings | AzureSettings | None:
+    """The settings a ready cloud filesystem was built from, or None for other filesystems."""
+    if isinstance(fs, pafs.S3FileSystem):
+        return S3Settings.from_filesystem(fs)
+    if isinstance(fs, pafs.GcsFileSystem):
+        return GcsSettings.from_filesystem(fs)
+    if isinstance(fs, pafs.AzureFileSystem):
+        return AzureSettings.from_filesystem(fs)
+    return None
+
+
+def _split_azure(decoded: str, raw: str) -> tuple[str, str | None]:
+    """``container@account.dfs.core.windows.net/path`` -> ``("container/path", "account")``;
+    ``container/path`` -> ``(it, None)``."""
+    head, slash, tail = decoded.partition("/")
+    if "@" not in head:
+        if not head:
+            raise ValueError(f"expected abfs://CONTAINER/path, but {raw!r} names no container")
+        return decoded, None
+    container, _, host = head.partition("@")
+    account = host.split(".", 1)[0]
+    if not container or not account or not re.fullmatch(r"[a-z0-9]{3,24}", account):
+        raise ValueError(
+            f"expected abfs://CONTAINER@ACCOUNT.dfs.core.windows.net/path (or "
+            f"abfs://CONTAINER/path), got {raw!r}: the part before '/' must be "
+            "'container@account-host' with a storage account of 3-24 lowercase letters and digits"
+        )
+    return container + slash + tail, account
+
+
+CloudSettings = S3Settings | GcsSettings | AzureSettings
 
 
 def list_keys(
@@ -647,8 +982,66 @@ def read_json_object(
 
 
 def list_dir(fs: pafs.FileSystem, path: str, *, recursive: bool = False) -> list[pafs.FileInfo]:
+    """The entries under ``path`` (none when it is missing), folders included on every store.
+
+    pyarrow's GCS filesystem lists no "implicit" folders (prefixes without a marker object,
+    which is how Ray and every other writer leave them; apache/arrow#35993): on GCS the
+    folders of a listing come from the google-cloud-storage SDK (prefix and delimiter), or,
+    without it, from the files below.
+    """
+    if isinstance(fs, pafs.GcsFileSystem) and not recursive:
+        return _gcs_list(fs, path)
     selector = pafs.FileSelector(path, allow_not_found=True, recursive=recursive)
-    return call(lambda: fs.get_file_info(selector), what="list", where=to_uri(fs, path))
+    infos = call(lambda: fs.get_file_info(selector), what="list", where=to_uri(fs, path))
+    if isinstance(fs, pafs.GcsFileSystem):
+        infos = _with_folders(path, infos)
+    return infos
+
+
+def _with_folders(path: str, infos: list[pafs.FileInfo]) -> list[pafs.FileInfo]:
+    """A recursive listing plus a Directory entry for every folder a file is in."""
+    base = path.rstrip("/")
+    known = {i.path for i in infos}
+    extra: dict[str, pafs.FileInfo] = {}
+    for info in infos:
+        parent = posixpath.dirname(info.path)
+        while parent.startswith(base + "/") and parent not in known and parent not in extra:
+            extra[parent] = pafs.FileInfo(parent, pafs.FileType.Directory)
+            parent = posixpath.dirname(parent)
+    return infos + sorted(extra.values(), key=lambda i: i.path)
+
+
+def _gcs_list(fs: pafs.FileSystem, path: str) -> list[pafs.FileInfo]:
+    """The direct children of a GCS folder: one paged listing with a delimiter."""
+    base = path.rstrip("/")
+    try:
+        _require("google.cloud.storage", "gcs")
+    except StorageError:
+        deep = list_dir(fs, base, recursive=True)
+        return [i for i in deep if "/" not in i.path[len(base) + 1 :]]
+    bucket, _, key = base.partition("/")
+    prefix = f"{key}/" if key else ""
+    client = GcsSettings.from_filesystem(fs).client()
+
+    def _list() -> list[pafs.FileInfo]:
+        pages = client.list_blobs(bucket, prefix=prefix, delimiter="/")
+        out = []
+        for blob in pages:
+            if blob.name != prefix:  # the folder's own marker object
+                out.append(pafs.FileInfo(f"{bucket}/{blob.name}", pafs.FileType.File,
+                                         size=int(blob.size or 0), mtime=blob.updated))
+        out += [pafs.FileInfo(f"{bucket}/{p.rstrip('/')}", pafs.FileType.Directory)
+                for p in sorted(pages.prefixes)]
+        return out
+
+    try:
+        return call(_list, what="list", where=to_uri(fs, base))
+    except Exception as exc:
+        if type(exc).__name__ == "NotFound":  # no such bucket: nothing is there
+            return []
+        if isinstance(exc, StorageError | OSError):
+            raise
+        raise StorageError(f"list failed at {to_uri(fs, base)}: {type(exc).__name__}: {exc}") from exc
 
 
 def require_dir(fs: pafs.FileSystem, path: str, *, what: str) -> None:
@@ -701,7 +1094,28 @@ def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
         with fs.open_output_stream(path) as out:
             out.write(data)
 
+    if isinstance(fs, pafs.AzureFileSystem):
+        # pyarrow's Azure output stream creates an empty blob when it opens, so a reader could
+        # see a torn (empty) file; one Put Blob publishes the whole object at once.
+        try:
+            _require("azure.storage.blob", "azure")
+        except StorageError:
+            pass
+        else:
+            _put = functools.partial(_azure_upload, fs, path, data)  # noqa: F811
     call(_put, what="write", where=to_uri(fs, path))
+
+
+def _azure_upload(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    container, _, key = path.partition("/")
+    blob = AzureSettings.from_filesystem(fs).client().get_blob_client(container, key)
+    try:
+        blob.upload_blob(data, overwrite=True)
+    except Exception as exc:
+        if isinstance(exc, OSError):
+            raise
+        raise StorageError(f"write failed at {to_uri(fs, path)}: {type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
 
 
 def write_json_atomic(
@@ -774,6 +1188,10 @@ def copy_tree(
 
     S3 -> same S3: server-side ``CopyObject`` per file in parallel (no bytes through us);
     files over ``MULTIPART_COPY_THRESHOLD`` with a multipart server-side copy.
+    GCS -> same GCS: server-side ``rewrite`` per file (pyarrow's ``copy_file``; any size).
+    Azure -> same account: server-side "Copy Blob From URL" per file (pyarrow's
+    ``copy_file``), and for files over ``AZURE_SYNC_COPY_LIMIT`` (that call's limit) an
+    asynchronous server copy (``start_copy_from_url``) polled to its end.
     Local -> local: ``shutil.copyfile`` (kernel ``sendfile``/``copy_file_range``) in parallel.
     Otherwise: ``pyarrow.fs.copy_files`` streaming with threads.
     """
@@ -789,12 +1207,12 @@ def copy_tree(
             list(pool.map(lambda p: shutil.copyfile(p[0], os.path.join(dst, p[1])), pairs))
         return len(pairs)
 
-    same_s3 = (
-        isinstance(src_fs, pafs.S3FileSystem)
-        and isinstance(dst_fs, pafs.S3FileSystem)
+    same_service = (
+        isinstance(src_fs, pafs.S3FileSystem | pafs.GcsFileSystem | pafs.AzureFileSystem)
+        and type(src_fs) is type(dst_fs)
         and src_fs.equals(dst_fs)
     )
-    if same_s3:
+    if same_service:
         infos = [i for i in list_dir(src_fs, src, recursive=True) if i.type == pafs.FileType.File]
         if not infos:
             raise RunNotFoundError(f"expected files to copy under {to_uri(src_fs, src)}, found none")
@@ -802,8 +1220,11 @@ def copy_tree(
         def _copy(info: pafs.FileInfo) -> None:
             rel = info.path[len(src.rstrip("/")) + 1 :]
             target = posixpath.join(dst, rel)
-            if (info.size or 0) > MULTIPART_COPY_THRESHOLD:
+            if isinstance(src_fs, pafs.S3FileSystem) and (info.size or 0) > MULTIPART_COPY_THRESHOLD:
                 multipart_copy(src_fs, info.path, target, size=int(info.size or 0))
+                return
+            if isinstance(src_fs, pafs.AzureFileSystem) and (info.size or 0) > AZURE_SYNC_COPY_LIMIT:
+                azure_server_copy(src_fs, info.path, target)
                 return
             call(
                 lambda: src_fs.copy_file(info.path, target),
@@ -900,6 +1321,39 @@ def multipart_copy(
                 f"and was aborted: {type(exc).__name__}: {exc}"
             ) from exc
         raise
+
+
+#: "Copy Blob From URL" (what pyarrow's Azure ``copy_file`` uses) copies at most 256 MiB.
+AZURE_SYNC_COPY_LIMIT = 256 * 2**20
+AZURE_COPY_TIMEOUT_SECONDS = 3600.0
+
+
+def azure_server_copy(fs: pafs.FileSystem, src: str, dst: str) -> None:
+    """Server-side copy of one blob within an account of any size (``start_copy_from_url``),
+    waiting for the copy to finish; no byte passes through this process."""
+    client = AzureSettings.from_filesystem(fs).client()
+    src_container, _, src_key = src.partition("/")
+    dst_container, _, dst_key = dst.partition("/")
+    where = f"{to_uri(fs, src)} -> {to_uri(fs, dst)}"
+    source = client.get_blob_client(src_container, src_key)
+    target = client.get_blob_client(dst_container, dst_key)
+    deadline = time.monotonic() + AZURE_COPY_TIMEOUT_SECONDS
+    try:
+        status = target.start_copy_from_url(source.url).get("copy_status")
+        while status == "pending":
+            if time.monotonic() > deadline:
+                target.abort_copy(target.get_blob_properties().copy.id)
+                raise StorageError(f"server-side copy {where} did not finish in "
+                                   f"{AZURE_COPY_TIMEOUT_SECONDS:.0f} s and was aborted")
+            time.sleep(0.5)
+            status = target.get_blob_properties().copy.status
+    except StorageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - azure-core errors are not OSErrors
+        raise StorageError(f"server-side copy {where} failed: {type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    if status != "success":
+        raise StorageError(f"server-side copy {where} ended with status {status!r}")
 
 
 def _download(src_fs: pafs.FileSystem, src: str, dst: str, *, threads: int) -> int:
