@@ -3,6 +3,8 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Azurite (Azure Storage's emulator, npm) for the abfs:// tests, kept inside the venv.
+AZURITE := $(VENV)/node/node_modules/.bin/azurite-blob
 
 .PHONY: install browser system-deps test demo stress bench lint clean
 
@@ -12,8 +14,17 @@ $(BIN)/python:
 
 # Reinstall when the project's dependency list changes.
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/uv pip install --python $(BIN)/python -e '.[ray,test]'
+	$(BIN)/uv pip install --python $(BIN)/python -e '.[ray,gcs,azure,test]'
 	touch $(STAMP)
+
+$(AZURITE): | $(BIN)/python
+	@command -v npm >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null; \
+	  else echo "npm is missing: install nodejs and npm for the Azure tests (azurite)" >&2; exit 1; fi; }
+	mkdir -p $(VENV)/node
+	cd $(VENV)/node && npm install --no-audit --no-fund --silent azurite@3.35.0
+	touch $(AZURITE)
 
 # The browser test drives Debian's chromium (playwright cannot download browsers here).
 # Installed when missing and we are root; otherwise that one test skips and says why.
@@ -31,7 +42,7 @@ system-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql; \
 	else echo "install Debian's postgresql (pg_ctl, initdb) for the Postgres tests: apt-get install postgresql" >&2; exit 1; fi
 
-install: system-deps $(STAMP) browser
+install: system-deps $(STAMP) $(AZURITE) browser
 
 test: lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
@@ -53,7 +64,7 @@ bench: install
 lint: install
 	$(BIN)/ruff check trainresults_dagster tests benchmarks examples
 	$(BIN)/basedpyright
-	$(BIN)/python -c "import sys, trainresults_dagster; heavy = {'ray', 'torch', 'dagster', 'boto3', 'pandas'} & set(sys.modules); assert not heavy, heavy"
+	$(BIN)/python -c "import sys, trainresults_dagster; heavy = {'ray', 'torch', 'dagster', 'boto3', 'pandas', 'google.cloud', 'google.cloud.storage', 'azure', 'azure.storage'} & set(sys.modules); assert not heavy, heavy"
 
 clean:
 	rm -rf $(VENV)

@@ -52,10 +52,11 @@ from trainresults_dagster.runs.fit import fit
 from trainresults_dagster.runs.result import TrainResult
 from trainresults_dagster.runs.selection import select_best_checkpoint
 from trainresults_dagster.runs.tune import TrainResultGrid, TrialResult, TuneResult
-from trainresults_dagster.storage import S3Settings
+from trainresults_dagster.storage import AzureSettings, GcsSettings, S3Settings
 
 if TYPE_CHECKING:
     from trainresults_dagster.dagster.best_checkpoint import build_best_checkpoint_asset
+    from trainresults_dagster.dagster.clouds import AzureResource, GcsResource
     from trainresults_dagster.dagster.guardrails import build_champion_checks
     from trainresults_dagster.dagster.handoff import (
         build_batch_inference_asset,
@@ -81,6 +82,8 @@ _LAZY = {
     "run_batch_inference": "trainresults_dagster.handoff.inference",
     "open_inference_output": "trainresults_dagster.handoff.output",
     "CheckpointRegistry": "trainresults_dagster.dagster.registry",
+    "GcsResource": "trainresults_dagster.dagster.clouds",
+    "AzureResource": "trainresults_dagster.dagster.clouds",
     "JSON_IO_MANAGER_KEY": "trainresults_dagster.dagster.json_io_manager",
     "JsonIOManager": "trainresults_dagster.dagster.json_io_manager",
     "build_best_checkpoint_asset": "trainresults_dagster.dagster.best_checkpoint",
@@ -115,6 +118,8 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "AliasEvent",
+    "AzureResource",
+    "AzureSettings",
     "BatchInferenceError",
     "Checkpoint",
     "CheckpointIntegrityError",
@@ -125,6 +130,8 @@ __all__ = [
     "CorruptRegistryError",
     "CorruptRunError",
     "CorruptValueError",
+    "GcsResource",
+    "GcsSettings",
     "InferenceInputError",
     "JSON_IO_MANAGER_KEY",
     "JsonIOManager",

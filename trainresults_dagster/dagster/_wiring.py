@@ -2,6 +2,9 @@
 
 * ``s3_settings(resource)``: a dagster-aws ``S3Resource`` (or nothing) -> ``S3Settings``,
   the core's one S3 configuration (endpoint, region, credentials).
+* ``gcs_settings(resource)``, ``azure_settings(resource)``: the same for ``GcsResource`` and
+  ``AzureResource``; ``StoreSettings`` carries the three, and ``filesystem_for`` resolves a
+  location with the one its scheme needs.
 * ``resource(resources, key)``: the resource *object* under ``key``. ``context.resources.<key>``
   is what a resource attaches, and dagster-aws's ``S3Resource`` attaches a boto3 client;
   we need its configuration.
@@ -15,9 +18,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import dagster as dg
+import pyarrow.fs as pafs
 from dagster_aws.s3 import S3Resource
 
-from trainresults_dagster.storage import S3Settings
+import trainresults_dagster.storage as storage
+from trainresults_dagster.storage import AzureSettings, GcsSettings, S3Settings
+
+from .clouds import AzureResource, GcsResource
 
 AssetRef = str | Sequence[str] | dg.AssetKey | dg.AssetsDefinition | dg.AssetSpec
 
@@ -56,6 +63,81 @@ def s3_settings_from(resources: Any, key: str | None) -> S3Settings:
     """The S3 settings of resource ``key``; without a key, or with no such resource, the
     default AWS chain and environment (the same rule for every component)."""
     return s3_settings(resource(resources, key) if key else None)
+
+
+def gcs_settings(gcs: GcsResource | GcsSettings | None) -> GcsSettings:
+    """The settings of a ``GcsResource``; Application Default Credentials for None."""
+    if gcs is None:
+        return GcsSettings()
+    if isinstance(gcs, GcsSettings):
+        return gcs
+    if not isinstance(gcs, GcsResource):
+        raise TypeError(f"expected a trainresults_dagster GcsResource, got {type(gcs).__name__}")
+    return gcs.settings()
+
+
+def azure_settings(azure: AzureResource | AzureSettings | None) -> AzureSettings:
+    """The settings of an ``AzureResource``; Azure's standard variables for None."""
+    if azure is None:
+        return AzureSettings()
+    if isinstance(azure, AzureSettings):
+        return azure
+    if not isinstance(azure, AzureResource):
+        raise TypeError(
+            f"expected a trainresults_dagster AzureResource, got {type(azure).__name__}"
+        )
+    return azure.settings()
+
+
+class StoreSettings:
+    """The S3, GCS and Azure settings of one component, resolved from its resources."""
+
+    def __init__(self, s3: Any = None, gcs: Any = None, azure: Any = None) -> None:
+        self.s3 = s3_settings(s3)
+        self.gcs = gcs_settings(gcs)
+        self.azure = azure_settings(azure)
+
+    @classmethod
+    def from_resources(cls, resources: Any, *, s3_key: str | None = None,
+                       gcs_key: str | None = None, azure_key: str | None = None) -> StoreSettings:
+        """Each store's resource under its key; a missing key or resource is the default."""
+        return cls(
+            resource(resources, s3_key) if s3_key else None,
+            resource(resources, gcs_key) if gcs_key else None,
+            resource(resources, azure_key) if azure_key else None,
+        )
+
+    def filesystem_for(self, uri: str) -> tuple[pafs.FileSystem, str]:
+        return storage.filesystem_for(uri, self.s3, gcs=self.gcs, azure=self.azure)
+
+    def filesystem(self, uri: str) -> pafs.FileSystem | None:
+        """The cloud filesystem for ``uri``'s store, or None for a local path."""
+        scheme = storage.canonical_scheme(storage.split_scheme(uri)[0])
+        if scheme not in CLOUD_SCHEMES:
+            return None
+        return self.filesystem_for(uri)[0]
+
+
+#: Schemes of the stores every storage setting accepts (besides local folders).
+CLOUD_SCHEMES = ("s3", "gs", "abfs")
+#: Every spelling of a location a storage setting accepts.
+KNOWN_SCHEMES = ("", "file", "s3", "gs", "gcs", "abfs", "abfss", "az")
+
+
+def check_location(value: str, *, what: str) -> str:
+    """``value`` if it is a local folder or a URI of a known store, else a ``ValueError``
+    naming the accepted forms (an unknown scheme would fail later, on the first write, with
+    an error naming the wrong thing)."""
+    scheme, _ = storage.split_scheme(str(value))
+    if scheme not in KNOWN_SCHEMES:
+        raise ValueError(
+            f"{what} must be a local folder, 's3://bucket/prefix', 'gs://bucket/prefix' or "
+            f"'abfs://container/prefix' (also 'az://', 'gcs://'), got {value!r} "
+            f"(scheme {scheme!r})"
+        )
+    if storage.canonical_scheme(scheme) == "abfs":
+        storage.resolve(str(value), pafs.LocalFileSystem())  # checks the account form only
+    return value
 
 
 def asset_key(ref: Any, *, what: str) -> dg.AssetKey:

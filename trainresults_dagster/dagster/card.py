@@ -26,10 +26,11 @@ _MAX_INLINE_PNG = 400_000
 
 
 def _run_filesystem(run_uri: str, checkpoint: Any, core: Any) -> pafs.FileSystem | None:
-    if storage.split_scheme(run_uri)[0] != "s3":
+    scheme = storage.canonical_scheme(storage.split_scheme(run_uri)[0])
+    if scheme not in ("s3", "gs", "abfs"):
         return None
     for fs in (getattr(checkpoint, "filesystem", None), getattr(core, "filesystem", None)):
-        if isinstance(fs, pafs.S3FileSystem):
+        if isinstance(fs, pafs.FileSystem) and storage.scheme_of(fs) == scheme:
             return fs
     return None
 

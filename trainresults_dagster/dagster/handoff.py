@@ -20,7 +20,7 @@ from typing import Any, Literal
 import dagster as dg
 
 import trainresults_dagster.storage as storage
-from trainresults_dagster.dagster._wiring import AssetRef, asset_key, s3_settings_from
+from trainresults_dagster.dagster._wiring import AssetRef, StoreSettings, asset_key
 from trainresults_dagster.dagster.metadata import METADATA_PREFIX
 from trainresults_dagster.errors import CheckpointMissingError, WebhookError
 from trainresults_dagster.handoff.inference import run_batch_inference
@@ -52,6 +52,8 @@ def build_batch_inference_asset(
     batch_size: int = 4096,
     io_manager_key: str = JSON_IO_MANAGER_KEY,
     s3_key: str | None = None,
+    gcs_key: str | None = None,
+    azure_key: str | None = None,
     num_actors: int = 1,
     num_cpus_per_actor: float = 1.0,
     ray_address: str | None = None,
@@ -61,7 +63,8 @@ def build_batch_inference_asset(
     """An asset that runs ``predictor`` over ``input_uri`` with the model from ``model_asset``.
 
     ``s3_key`` names a dagster-aws ``S3Resource`` for ``s3://`` input and output (default:
-    the AWS environment). Metadata: ``dagster/row_count``, ``rows_per_second``,
+    the AWS environment); ``gcs_key`` a ``GcsResource`` for ``gs://`` and ``azure_key`` an
+    ``AzureResource`` for ``abfs://`` ones (default: each provider's chain). Metadata: ``dagster/row_count``, ``rows_per_second``,
     ``trainresults/output_uri``, ``trainresults/model_version`` and ``.../checkpoint_uri``.
     """
     if engine not in ("local", "ray"):
@@ -73,7 +76,7 @@ def build_batch_inference_asset(
         name=name,
         ins={"model": dg.AssetIn(key=asset_key(model_asset, what="model_asset"))},
         io_manager_key=io_manager_key,
-        required_resource_keys={s3_key} if s3_key else None,
+        required_resource_keys={k for k in (s3_key, gcs_key, azure_key) if k} or None,
         group_name=group_name,
         description=description
         or f"Predictions of {predictor.__qualname__} over {input_uri}, written to {output_uri}.",
@@ -81,9 +84,14 @@ def build_batch_inference_asset(
         metadata={"input_uri": input_uri, "output_uri": output_uri, "engine": engine},
     )
     def _batch_inference(context: dg.AssetExecutionContext, model: Any) -> dg.Output[dict]:
-        filesystem = None
-        if s3_key or any(storage.split_scheme(u)[0] == "s3" for u in (input_uri, output_uri)):
-            filesystem = s3_settings_from(context.resources, s3_key).filesystem()
+        stores = StoreSettings.from_resources(
+            context.resources, s3_key=s3_key, gcs_key=gcs_key, azure_key=azure_key
+        )
+        # run_batch_inference uses one filesystem for the URIs of its kind (the output's store
+        # first); a URI on another store resolves with that store's defaults.
+        filesystem = stores.filesystem(output_uri) or stores.filesystem(input_uri)
+        if filesystem is None and s3_key:
+            filesystem = stores.s3.filesystem()
         summary = run_batch_inference(
             model,
             predictor,

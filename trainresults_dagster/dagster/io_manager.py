@@ -38,8 +38,8 @@ import pyarrow.fs as pafs
 from dagster_aws.s3 import S3Resource
 from pydantic import Field, PrivateAttr, field_validator
 
-import trainresults_dagster.storage as storage
-from trainresults_dagster.dagster._wiring import s3_settings, storage_parts
+from trainresults_dagster.dagster._wiring import StoreSettings, check_location, storage_parts
+from trainresults_dagster.dagster.clouds import AzureResource, GcsResource
 from trainresults_dagster.errors import CheckpointMissingError, NoEligibleCheckpointError
 from trainresults_dagster.runs.checkpoint import Checkpoint
 from trainresults_dagster.runs.coerce import as_result_or_grid
@@ -66,7 +66,8 @@ class RayTrainResultIOManager(dg.ConfigurableIOManager):
     base_path: str | None = Field(
         default=None,
         description=(
-            "Where results are stored: a local folder or 's3://bucket/prefix'. Default: "
+            "Where results are stored: a local folder, 's3://bucket/prefix', "
+            "'gs://bucket/prefix' or 'abfs://container/prefix' (also 'az://'). Default: "
             "'trainresults' under the Dagster instance's storage directory."
         ),
     )
@@ -78,12 +79,26 @@ class RayTrainResultIOManager(dg.ConfigurableIOManager):
             "credential chain is used."
         ),
     )
+    gcs: GcsResource | None = Field(
+        default=None,
+        description=(
+            "GcsResource (endpoint, project, token) for a gs:// base_path and gs:// runs and "
+            "checkpoints. Without it Application Default Credentials are used."
+        ),
+    )
+    azure: AzureResource | None = Field(
+        default=None,
+        description=(
+            "AzureResource (account, endpoint, key) for an abfs:// base_path and abfs:// "
+            "runs and checkpoints. Without it Azure's standard variables are used."
+        ),
+    )
     checkpoints: Literal["reference", "copy"] = Field(
         default="reference",
         description=(
             "'reference' stores the checkpoints' URIs (nothing copied, loads in O(1) "
             "requests). 'copy' copies every checkpoint next to the manifest (server-side on "
-            "S3) so the asset stays valid after Ray's num_to_keep or a lifecycle rule "
+            "S3, GCS and Azure) so the asset stays valid after Ray's num_to_keep or a lifecycle rule "
             "deletes the originals."
         ),
     )
@@ -101,16 +116,12 @@ class RayTrainResultIOManager(dg.ConfigurableIOManager):
     @field_validator("base_path")
     @classmethod
     def _known_scheme(cls, value: str | None) -> str | None:
-        # Only local folders and S3 get credentials from this IO manager; another scheme
-        # would fail later, on the first write, with an error naming the wrong thing.
+        # Only local folders and the stores with a resource here get credentials from this
+        # IO manager; another scheme would fail later, on the first write, with an error
+        # naming the wrong thing.
         if value is None:
             return value
-        scheme, _ = storage.split_scheme(str(value))
-        if scheme not in ("", "file", "s3"):
-            raise ValueError(
-                f"base_path must be a local folder or 's3://bucket/prefix', got {value!r}"
-            )
-        return value
+        return check_location(value, what="base_path")
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         instance = context.instance
@@ -119,7 +130,7 @@ class RayTrainResultIOManager(dg.ConfigurableIOManager):
 
     # ------------------------------------------------------------------ storage
     def _filesystem_for(self, uri: str) -> tuple[pafs.FileSystem, str]:
-        return storage.filesystem_for(uri, s3_settings(self.s3))
+        return StoreSettings(self.s3, self.gcs, self.azure).filesystem_for(uri)
 
     def _base(self, context: dg.InputContext | dg.OutputContext) -> tuple[pafs.FileSystem, str]:
         base = self.base_path or self._instance_dir

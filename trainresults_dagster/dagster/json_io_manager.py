@@ -24,10 +24,11 @@ from typing import Any
 import dagster as dg
 import pyarrow.fs as pafs
 from dagster_aws.s3 import S3Resource
-from pydantic import Field, PrivateAttr
+from pydantic import Field, PrivateAttr, field_validator
 
 import trainresults_dagster.storage as storage
-from trainresults_dagster.dagster._wiring import s3_settings, storage_parts
+from trainresults_dagster.dagster._wiring import StoreSettings, check_location, storage_parts
+from trainresults_dagster.dagster.clouds import AzureResource, GcsResource
 from trainresults_dagster.errors import CorruptValueError
 from trainresults_dagster.registry.model_version import ModelVersion
 from trainresults_dagster.runs.checkpoint import Checkpoint
@@ -45,7 +46,8 @@ class JsonIOManager(dg.ConfigurableIOManager):
     base_path: str | None = Field(
         default=None,
         description=(
-            "Folder or s3://bucket/prefix for the JSON files. Default: "
+            "Folder, s3://bucket/prefix, gs://bucket/prefix or abfs://container/prefix for "
+            "the JSON files. Default: "
             "'trainresults_json' under the Dagster instance's storage directory."
         ),
     )
@@ -56,6 +58,29 @@ class JsonIOManager(dg.ConfigurableIOManager):
             "s3:// checkpoint URIs of loaded values. Default: the AWS environment."
         ),
     )
+    gcs: GcsResource | None = Field(
+        default=None,
+        description=(
+            "GCS endpoint, project and token for a gs:// base_path and gs:// checkpoint URIs "
+            "of loaded values. Default: Application Default Credentials."
+        ),
+    )
+    azure: AzureResource | None = Field(
+        default=None,
+        description=(
+            "Azure account, endpoint and key for an abfs:// base_path and abfs:// checkpoint "
+            "URIs of loaded values. Default: Azure's standard variables."
+        ),
+    )
+
+    @field_validator("base_path")
+    @classmethod
+    def _known_scheme(cls, value: str | None) -> str | None:
+        # An unknown scheme would fail on the first write, naming the wrong thing.
+        return value if value is None else check_location(value, what="base_path")
+
+    def _stores(self) -> StoreSettings:
+        return StoreSettings(self.s3, self.gcs, self.azure)
 
     _root: tuple[pafs.FileSystem, str] | None = PrivateAttr(default=None)
 
@@ -71,7 +96,7 @@ class JsonIOManager(dg.ConfigurableIOManager):
                     "JsonIOManager needs base_path (a folder or s3://bucket/prefix) when it "
                     "runs without a Dagster instance"
                 )
-            self._root = storage.filesystem_for(self.base_path, s3_settings(self.s3))
+            self._root = self._stores().filesystem_for(self.base_path)
         return self._root
 
     def _path(self, context: dg.InputContext | dg.OutputContext, partition: str | None) -> str:
@@ -110,7 +135,7 @@ class JsonIOManager(dg.ConfigurableIOManager):
             ) from exc
         except (ValueError, UnicodeDecodeError) as exc:
             raise CorruptValueError(f"expected JSON at {storage.to_uri(fs, path)}: {exc}") from exc
-        value = decode(payload, s3=self.s3, where=storage.to_uri(fs, path))
+        value = decode(payload, s3=self._stores(), where=storage.to_uri(fs, path))
         wanted = getattr(context.dagster_type, "typing_type", None)
         if wanted is Checkpoint and isinstance(value, ModelVersion):
             return value.checkpoint
@@ -151,16 +176,21 @@ def _plain_json(obj: Any) -> bool:
     return False
 
 
-def _filesystem(uri: str, s3: S3Resource | S3Settings | None) -> pafs.FileSystem | None:
-    if storage.split_scheme(uri)[0] == "s3":
-        return s3_settings(s3).filesystem()
-    return None
+def _filesystem(
+    uri: str, s3: StoreSettings | S3Resource | S3Settings | None
+) -> pafs.FileSystem | None:
+    stores = s3 if isinstance(s3, StoreSettings) else StoreSettings(s3)
+    return stores.filesystem(uri)
 
 
 def decode(
-    payload: Any, *, s3: S3Resource | S3Settings | None = None, where: str = "<json>"
+    payload: Any,
+    *,
+    s3: StoreSettings | S3Resource | S3Settings | None = None,
+    where: str = "<json>",
 ) -> Any:
-    """Inverse of ``encode``."""
+    """Inverse of ``encode``; ``s3``: the settings for cloud URIs in the value (an
+    ``S3Resource``/``S3Settings`` for S3 alone, or a ``StoreSettings`` for every store)."""
     if not isinstance(payload, dict) or payload.get("schema") != SCHEMA:
         raise CorruptValueError(
             f"expected a {SCHEMA!r} object in {where}, got {str(payload)[:200]!r}"

@@ -17,7 +17,13 @@ from dagster_aws.s3 import S3Resource
 from pydantic import Field, PrivateAttr, field_validator
 
 import trainresults_dagster.storage as storage
-from trainresults_dagster.dagster._wiring import s3_settings
+from trainresults_dagster.dagster._wiring import (
+    azure_settings,
+    check_location,
+    gcs_settings,
+    s3_settings,
+)
+from trainresults_dagster.dagster.clouds import AzureResource, GcsResource
 from trainresults_dagster.registry.integrity import IntegrityReport
 from trainresults_dagster.registry.model_version import AliasEvent, ModelVersion
 from trainresults_dagster.registry.registry import Registry, default_who
@@ -34,8 +40,10 @@ class CheckpointRegistry(dg.ConfigurableResource):
 
     base_path: str = Field(
         description=(
-            "Where the registry lives: a local folder, or s3://bucket/prefix (S3 or an "
-            "S3-compatible store with conditional writes)."
+            "Where the registry lives: a local folder, s3://bucket/prefix (S3 or an "
+            "S3-compatible store with conditional writes), gs://bucket/prefix or "
+            "abfs://container/prefix (the services' own preconditions; an emulator that "
+            "ignores them is refused)."
         ),
     )
     s3: S3Resource | None = Field(
@@ -43,6 +51,17 @@ class CheckpointRegistry(dg.ConfigurableResource):
         description=(
             "S3 endpoint, region and credentials for an s3:// base_path. Default: the AWS "
             "environment (variables, profile, instance role)."
+        ),
+    )
+    gcs: GcsResource | None = Field(
+        default=None,
+        description="GCS endpoint, project and token for a gs:// base_path. Default: ADC.",
+    )
+    azure: AzureResource | None = Field(
+        default=None,
+        description=(
+            "Azure account, endpoint and key for an abfs:// base_path. Default: Azure's "
+            "standard variables."
         ),
     )
     durable: bool = Field(
@@ -66,13 +85,12 @@ class CheckpointRegistry(dg.ConfigurableResource):
             scheme, rest = storage.split_scheme(value)
             if not value.strip():
                 raise ValueError("base_path must be a folder or s3://bucket/prefix, got ''")
-            if scheme and scheme not in ("s3", "file"):
+            check_location(value, what="base_path")
+            canonical = storage.canonical_scheme(scheme)
+            if canonical in ("s3", "gs") and not rest.split("/", 1)[0]:
                 raise ValueError(
-                    f"base_path must be a local folder or s3://bucket/prefix, got {value!r} "
-                    f"(scheme {scheme!r} is not supported)"
+                    f"base_path {value!r} names no bucket; expected {scheme}://bucket/prefix"
                 )
-            if scheme == "s3" and not rest.split("/", 1)[0]:
-                raise ValueError(f"base_path {value!r} names no bucket; expected s3://bucket/prefix")
         return value
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
@@ -84,7 +102,8 @@ class CheckpointRegistry(dg.ConfigurableResource):
         """The Dagster-free core this resource delegates to (built on first use)."""
         if self._registry is None:
             self._registry = Registry.open(
-                self.base_path, s3_settings(self.s3), durable=self.durable
+                self.base_path, s3_settings(self.s3), gcs=gcs_settings(self.gcs),
+                azure=azure_settings(self.azure), durable=self.durable,
             )
         return self._registry
 

@@ -34,7 +34,7 @@ from trainresults_dagster.alerts.scan import (
     V1_RESCAN_SECONDS,
     scan_failed_runs,
 )
-from trainresults_dagster.dagster._wiring import s3_settings
+from trainresults_dagster.dagster._wiring import StoreSettings, check_location, s3_settings
 from trainresults_dagster.dagster.metadata import METADATA_PREFIX
 from trainresults_dagster.runs.failure import CONTEXT_KEYS, rank_failures_from_message
 
@@ -162,7 +162,8 @@ def _with_resource_params(fn: Any, context_type: Any, keys: Sequence[str]) -> An
 
 
 def _secrets_of(*resources: Any) -> list[str]:
-    names = ("secret", "aws_secret_access_key", "aws_session_token", "token", "password")
+    names = ("secret", "aws_secret_access_key", "aws_session_token", "token", "password",
+             "access_token", "account_key", "sas_token", "connection_string")
     return [v for r in resources for n in names if isinstance(v := getattr(r, n, None), str)]
 
 
@@ -179,6 +180,8 @@ def build_failed_run_sensor(
     job: dg.JobDefinition | UnresolvedAssetJobDefinition | None = None,
     minimum_interval_seconds: int = 60,
     s3_key: str | None = None,
+    gcs_key: str | None = None,
+    azure_key: str | None = None,
     include_v1: bool = True,
     v1_rescan_seconds: float = V1_RESCAN_SECONDS,
     include_records: bool = True,
@@ -209,6 +212,10 @@ def build_failed_run_sensor(
         s3_key: for ``s3://`` paths, the key of a dagster-aws ``S3Resource`` (endpoint,
             region, credentials). None uses the default AWS credential chain and
             environment, as every other component does.
+        gcs_key: for ``gs://`` paths, the key of a ``GcsResource`` (None: Application
+            Default Credentials and ``STORAGE_EMULATOR_HOST``).
+        azure_key: for ``abfs://``/``az://`` paths, the key of an ``AzureResource`` (None:
+            Azure's standard variables).
         include_v1: also look for failed Ray Train V1 experiments and Ray Tune sweeps.
         trial_alerts: ``"per_trial"`` sends one alert per errored trial (its error, config,
             last checkpoint and metrics); ``"per_experiment"`` one per experiment (sweep)
@@ -230,7 +237,11 @@ def build_failed_run_sensor(
         default_status: ``RUNNING`` to start ticking as soon as the daemon loads it.
     """
     if not isinstance(storage_path, str) or not storage_path.strip():
-        raise ValueError(f"expected storage_path to be a folder or s3:// URI, got {storage_path!r}")
+        raise ValueError(
+            f"expected storage_path to be a folder or an s3://, gs:// or abfs:// URI, got "
+            f"{storage_path!r}"
+        )
+    check_location(storage_path, what="storage_path")
     if alert_sink_key is None and job is None:
         raise ValueError(f"sensor {name!r} needs an alert_sink_key, a job, or both; got neither")
     if trial_alerts not in ("per_trial", "per_experiment"):
@@ -239,20 +250,25 @@ def build_failed_run_sensor(
         )
     if minimum_interval_seconds < 1:
         raise ValueError(f"expected minimum_interval_seconds >= 1, got {minimum_interval_seconds!r}")
-    is_s3 = storage.split_scheme(storage_path)[0] == "s3"
-    keys = [k for k in (alert_sink_key, s3_key if is_s3 else None) if k]
+    scheme = storage.canonical_scheme(storage.split_scheme(storage_path)[0])
+    is_s3 = scheme == "s3"
+    store_key = {"s3": s3_key, "gs": gcs_key, "abfs": azure_key}.get(scheme)
+    keys = [k for k in dict.fromkeys((alert_sink_key, store_key)) if k]
 
     def _failed_runs(context: dg.SensorEvaluationContext, **resources: Any) -> dg.SensorResult:
         sink = _sink(resources[alert_sink_key], alert_sink_key) if alert_sink_key else None
         ledger = DeliveryLedger(_instance_or_none(context), name)
-        s3 = resources.get(s3_key) if is_s3 and s3_key else None
+        store = resources.get(store_key) if store_key else None
         client = None
         if is_s3:
-            settings = s3_settings(s3)
+            settings = s3_settings(store)
             fs, _ = storage.resolve(storage_path, settings.filesystem())
             client = settings.client()
         else:
-            fs, _ = storage.resolve(storage_path)
+            stores = StoreSettings(
+                gcs=store if scheme == "gs" else None, azure=store if scheme == "abfs" else None
+            )
+            fs, _ = stores.filesystem_for(storage_path)
         outcome = scan_failed_runs(
             storage_path,
             context.cursor,
@@ -267,7 +283,7 @@ def build_failed_run_sensor(
             max_runs=max_runs_per_tick,
             overlap_seconds=overlap_seconds,
             max_read_attempts=MAX_READ_ATTEMPTS,
-            secrets=_secrets_of(s3, sink),
+            secrets=_secrets_of(store, sink),
         )
         ledger.prune()
 

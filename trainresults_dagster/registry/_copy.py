@@ -37,12 +37,10 @@ def copy_in(
 ) -> None:
     """Copy ``checkpoint`` to ``target`` on ``fs`` (the registry's filesystem)."""
     src_fs = checkpoint.filesystem
-    if (
-        isinstance(src_fs, pafs.S3FileSystem)
-        and isinstance(fs, pafs.S3FileSystem)
-        and _s3_endpoint(src_fs) == _s3_endpoint(fs)
-    ):
-        # Same S3 service: CopyObject with the registry's client, so no byte of the
+    service = _service(src_fs)
+    if service is not None and service == _service(fs):
+        # Same S3 service (GCS, Azure account): a server-side copy with the registry's
+        # filesystem (S3 CopyObject, GCS rewrite, Azure Copy Blob), so no byte of the
         # checkpoint passes through this process even if the checkpoint's filesystem
         # object was built separately (its credentials may differ, the data does not).
         try:
@@ -76,14 +74,19 @@ def verify(
         )
 
 
-def _s3_endpoint(fs: pafs.FileSystem) -> tuple[str, str] | None:
-    # pyarrow exposes an S3FileSystem's options only through its pickling support
+def _service(fs: pafs.FileSystem) -> tuple[str, ...] | None:
+    """Which cloud service (kind, endpoint, account) ``fs`` reaches; None for other kinds."""
+    if not isinstance(fs, pafs.S3FileSystem | pafs.GcsFileSystem | pafs.AzureFileSystem):
+        return None
+    # pyarrow exposes a cloud filesystem's options only through its pickling support
     # (__reduce__ returns the constructor kwargs); nothing is unpickled here.
     try:
         options = fs.__reduce__()[1][0]
-        return str(options.get("endpoint_override", "")), str(options.get("scheme", "https"))
     except (AttributeError, IndexError, KeyError, TypeError):
         return None
+    names = ("endpoint_override", "scheme", "account_name", "blob_storage_authority",
+             "blob_storage_scheme")
+    return (fs.type_name, *(str(options.get(n) or "") for n in names))
 
 
 def _access_denied(exc: BaseException) -> bool:

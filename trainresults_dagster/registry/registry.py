@@ -67,6 +67,7 @@ from trainresults_dagster.runs.checkpoint import Checkpoint
 from trainresults_dagster.runs.coerce import as_checkpoint
 
 from ._cas import LocalStore, ObjectStore, S3Store
+from ._cas_cloud import AzureStore, GcsStore
 from .model_version import AliasEvent, ModelVersion, parse_time, utc_now, validate_name
 
 RECORD_KIND = "trainresults.version_record/1"
@@ -120,9 +121,18 @@ class Registry:
                 # client from the filesystem's own endpoint and credentials.
                 s3_client = storage.S3Settings.from_filesystem(self.filesystem).client()
             self._store = S3Store(s3_client, bucket, prefix)
+        elif isinstance(self.filesystem, pafs.GcsFileSystem):
+            bucket, _, prefix = self.base.partition("/")
+            client = storage.GcsSettings.from_filesystem(self.filesystem).client()
+            self._store = GcsStore(client, bucket, prefix)
+        elif isinstance(self.filesystem, pafs.AzureFileSystem):
+            container, _, prefix = self.base.partition("/")
+            service = storage.AzureSettings.from_filesystem(self.filesystem).client()
+            self._store = AzureStore(service, container, prefix)
         else:
             raise ValueError(
-                f"expected a registry base_path that is a local folder or s3://bucket/prefix, "
+                f"expected a registry base_path that is a local folder, s3://bucket/prefix, "
+                f"gs://bucket/prefix or abfs://container/prefix, "
                 f"got {storage.to_uri(self.filesystem, self.base)!r} "
                 f"({self.filesystem.type_name} filesystem)"
             )
@@ -133,13 +143,20 @@ class Registry:
         base_path: str,
         s3: storage.S3Settings | pafs.FileSystem | None = None,
         *,
+        gcs: storage.GcsSettings | None = None,
+        azure: storage.AzureSettings | None = None,
         durable: bool = False,
     ) -> Registry:
         """A registry at ``base_path``. ``s3``: the ``S3Settings`` for an ``s3://`` base path
         (default: the AWS chain and environment), or a ready pyarrow filesystem for it; the
-        data copies and the conditional writes use the same endpoint and credentials."""
+        data copies and the conditional writes use the same endpoint and credentials.
+        ``gcs`` / ``azure``: the same for ``gs://`` and ``abfs://`` base paths."""
         if isinstance(s3, pafs.FileSystem) and not isinstance(s3, pafs.S3FileSystem):
             return cls(base_path, filesystem=s3, durable=durable)
+        scheme = storage.canonical_scheme(storage.split_scheme(str(base_path))[0])
+        if scheme in ("gs", "abfs"):
+            fs, _ = storage.filesystem_for(str(base_path), gcs=gcs, azure=azure)
+            return cls(base_path, filesystem=fs, durable=durable)
         if storage.split_scheme(str(base_path))[0] == "s3" or isinstance(s3, pafs.S3FileSystem):
             settings = storage.s3_settings_of(s3)
             fs = s3 if isinstance(s3, pafs.S3FileSystem) else settings.filesystem()
