@@ -18,6 +18,13 @@ Fixtures (all session-scoped unless noted):
   (``tests/tune_jobs``: one trial raises, one reports NaN, checkpoints with retention) and
   ``live``, the ``ResultGrid`` ``Tuner.fit()`` returned (None when reused from the cache).
 * ``s3_sweep`` -> ``"s3://sweeps/sweep"``: the same sweep uploaded to moto.
+* ``gcs_emulator`` -> ``GcsEmulator`` (gcp-storage-emulator; ignores preconditions) and
+  ``azurite`` -> ``Azurite`` (Azure's emulator; honours them), see ``tests/cloud_emulators``.
+* ``gcs_runs`` / ``azure_runs`` -> ``{job name: "gs://..."}`` / ``{job name: "abfs://..."}``:
+  the V2 runs uploaded to each emulator.
+* ``gcs_direct_run`` / ``azure_direct_run`` -> the URI of a Ray run that wrote straight to
+  the emulator (its pyarrow filesystem as ``storage_filesystem``), with the ``TrainResult``
+  Ray's ``fit`` returned.
 * ``copy_run`` (function-scoped) -> ``copy_run(name) -> path``: a private, writable copy of a
   V2 run under ``tmp_path`` (for tests that damage runs).
 """
@@ -40,6 +47,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+import cloud_emulators  # noqa: E402
 import ray_jobs  # noqa: E402
 import tune_jobs  # noqa: E402
 
@@ -259,6 +267,63 @@ def s3_direct_run(moto: MotoS3, ray_session: str) -> str:
         spec=ray_jobs.JOBS["success"],
     )
     return "s3://direct/success_s3"
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[cloud_emulators.GcsEmulator]:
+    server = cloud_emulators.GcsEmulator(tmp_path_factory.mktemp("gcs"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[cloud_emulators.Azurite]:
+    server = cloud_emulators.Azurite(tmp_path_factory.mktemp("azurite"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def gcs_runs(gcs_emulator: cloud_emulators.GcsEmulator, v2_runs: dict[str, str]) -> dict[str, str]:
+    bucket = gcs_emulator.new_bucket("runs")
+    return {name: gcs_emulator.upload_dir(path, bucket, f"v2/{name}")
+            for name, path in v2_runs.items()}
+
+
+@pytest.fixture(scope="session")
+def azure_runs(azurite: cloud_emulators.Azurite, v2_runs: dict[str, str]) -> dict[str, str]:
+    container = azurite.new_container("runs")
+    return {name: azurite.upload_dir(path, container, f"v2/{name}")
+            for name, path in v2_runs.items()}
+
+
+class DirectRun:
+    """A Ray run written straight to an emulator: ``uri``, ``filesystem``, ``fitted`` (what
+    ``trd.fit`` returned in the driver)."""
+
+    def __init__(self, uri: str, filesystem: Any, fitted: Any) -> None:
+        self.uri, self.filesystem, self.fitted = uri, filesystem, fitted
+
+
+def _direct_run(name: str, container: str, scheme: str, filesystem: Any) -> DirectRun:
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(ray_jobs)
+    fitted = ray_jobs.run_job(name, container, storage_filesystem=filesystem,
+                              spec=ray_jobs.JOBS["success"])
+    return DirectRun(f"{scheme}://{container}/{name}", filesystem, fitted)
+
+
+@pytest.fixture(scope="session")
+def gcs_direct_run(gcs_emulator: cloud_emulators.GcsEmulator, ray_session: str) -> DirectRun:
+    bucket = gcs_emulator.new_bucket("direct")
+    return _direct_run("success_gcs", bucket, "gs", gcs_emulator.filesystem())
+
+
+@pytest.fixture(scope="session")
+def azure_direct_run(azurite: cloud_emulators.Azurite, ray_session: str) -> DirectRun:
+    container = azurite.new_container("direct")
+    return _direct_run("success_azure", container, "abfs", azurite.filesystem())
 
 
 class TuneSweep:
