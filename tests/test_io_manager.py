@@ -212,8 +212,8 @@ def test_wrong_output_and_input_types_are_named(v2_runs, tmp_path):
 
 
 def test_base_path_scheme_is_checked_at_configuration():
-    with pytest.raises(Exception, match="local folder or 's3://bucket/prefix'"):
-        trd.RayTrainResultIOManager(base_path="gs://bucket/x")
+    with pytest.raises(Exception, match="local folder, 's3://bucket/prefix'.*scheme 'ftp'"):
+        trd.RayTrainResultIOManager(base_path="ftp://bucket/x")
 
 
 def test_default_base_path_is_under_the_instance(v2_runs, tmp_path):

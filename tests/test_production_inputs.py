@@ -89,6 +89,36 @@ def test_s3_uri_round_trip_for_any_legal_key(moto, uri_bucket, monkeypatch, key)
     assert trd.Checkpoint.from_uri(again, fs).path == path
 
 
+@pytest.fixture(scope="module")
+def cloud_places(gcs_emulator, azurite):
+    return {"gs": (gcs_emulator, gcs_emulator.new_bucket("uris")),
+            "abfs": (azurite, azurite.new_container("uris"))}
+
+
+@FAST
+@given(key=KEYS)
+@pytest.mark.parametrize("scheme", ["gs", "abfs"])
+def test_gcs_and_azure_uri_round_trip_for_any_legal_key(cloud_places, monkeypatch, scheme, key):
+    """The same on GCS and Azure (emulators): with the settings' filesystem, without one (the
+    provider's standard variables) and through every spelling of the scheme."""
+    emulator, container = cloud_places[scheme]
+    for name, value in emulator.env().items():
+        monkeypatch.setenv(name, value)
+    fs = emulator.filesystem()
+    path = f"{container}/{key}"
+    storage.write_bytes_atomic(fs, path, key.encode())
+    uri = storage.to_uri(fs, path)
+    assert uri.startswith(f"{scheme}://")
+    assert storage.resolve(uri, fs)[1] == path
+    default_fs, default_path = storage.resolve(uri)
+    assert default_path == path
+    assert storage.read_bytes(default_fs, default_path) == key.encode()
+    alias = {"gs": "gcs", "abfs": "az"}[scheme]
+    assert storage.resolve(alias + uri[len(scheme):])[1] == path
+    again = json.loads(json.dumps({"uri": uri}))["uri"]
+    assert trd.Checkpoint.from_uri(again, fs).path == path
+
+
 def test_percent_in_a_uri_means_what_pyarrow_and_ray_say():
     """``s3://b/pct%41`` is ``b/pctA`` to pyarrow (and Ray); a key with a real ``%`` is
     written ``%25`` by ``to_uri``."""

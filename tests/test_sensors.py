@@ -1,6 +1,6 @@
 """``build_failed_run_sensor`` over a storage path holding real Ray Train runs (V2 with
 RunRecorder failing and succeeding, V2 without recorder, V1 failing and succeeding), on local
-disk and on the moto S3 server over HTTP. Sensors are evaluated against a real
+disk, on the moto S3 server over HTTP, and on GCS and Azure (gcp-storage-emulator, Azurite). Sensors are evaluated against a real
 ``DagsterInstance``; cursors go round through their JSON string between ticks; alerts go
 to a real HTTP receiver through ``WebhookAlertSink``."""
 
@@ -46,6 +46,7 @@ def seed(v2_runs, v1_runs, tmp_path_factory) -> Path:
 class LocalBackend:
     name = "local"
     s3_key = None
+    keys: dict[str, str] = {}
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -71,6 +72,7 @@ class LocalBackend:
 class S3Backend:
     name = "s3"
     s3_key = "s3"
+    keys = {"s3_key": "s3"}
 
     def __init__(self, moto: Any, seed: Path) -> None:
         self.moto = moto
@@ -101,12 +103,44 @@ class S3Backend:
         return self.proxy.stats["requests"]
 
 
-@pytest.fixture(params=["local", "s3"])
+class CloudBackend:
+    """GCS or Azure through its emulator, configured by a resource under key ``store``."""
+
+    s3_key = None
+
+    def __init__(self, name: str, emulator: Any, seed: Path) -> None:
+        self.name, self.emulator = name, emulator
+        self.keys = {"gcs_key" if name == "gcs" else "azure_key": "store"}
+        self.container = (emulator.new_bucket("sensor") if name == "gcs"
+                          else emulator.new_container("sensor"))
+        self.fs = emulator.filesystem()
+        self.storage_path = emulator.upload_dir(str(seed), self.container, "storage")
+
+    def resources(self, sink: Any) -> dict[str, Any]:
+        return {"alert_sink": sink, "store": self.emulator.resource()}
+
+    def uri(self, *parts: str) -> str:
+        return "/".join([self.storage_path, *parts])
+
+    def put_dir(self, local: str, name: str) -> None:
+        self.emulator.upload_dir(local, self.container, f"storage/{name}")
+
+    def put_file(self, rel: str, data: bytes) -> None:
+        storage.write_bytes_atomic(self.fs, f"{self.container}/storage/{rel}", data)
+
+    def requests(self) -> int | None:
+        return None
+
+
+@pytest.fixture(params=["local", "s3", "gcs", "azure"])
 def backend(request, seed, tmp_path):
     if request.param == "local":
         root = tmp_path / "storage"
         shutil.copytree(seed, root)
         yield LocalBackend(root)
+    elif request.param in ("gcs", "azure"):
+        fixture = "gcs_emulator" if request.param == "gcs" else "azurite"
+        yield CloudBackend(request.param, request.getfixturevalue(fixture), seed)
     else:
         b = S3Backend(request.getfixturevalue("moto"), seed)
         yield b
@@ -146,7 +180,7 @@ def by_run(requests: list) -> dict[str, dict]:
 
 
 def test_first_tick_alerts_every_failed_run_once(backend, receiver, instance, v2_runs, v1_runs):
-    sensor = trd.build_failed_run_sensor("failed_runs", storage_path=backend.storage_path, s3_key=backend.s3_key)
+    sensor = trd.build_failed_run_sensor("failed_runs", storage_path=backend.storage_path, **backend.keys)
     resources = backend.resources(trd.WebhookAlertSink(url=receiver.url, secret="k"))
 
     first = tick(sensor, instance, None, resources)
@@ -181,7 +215,7 @@ def test_first_tick_alerts_every_failed_run_once(backend, receiver, instance, v2
     # daemon restart) send nothing again.
     cursor = json.loads(json.dumps(first.cursor))
     second = tick(sensor, instance, cursor, resources)
-    rebuilt = trd.build_failed_run_sensor("failed_runs", storage_path=backend.storage_path, s3_key=backend.s3_key)
+    rebuilt = trd.build_failed_run_sensor("failed_runs", storage_path=backend.storage_path, **backend.keys)
     third = tick(rebuilt, instance, second.cursor, resources)
     assert len(receiver.requests) == 3
     assert third.skip_message.startswith("no new failed runs")
@@ -191,7 +225,7 @@ def test_first_tick_alerts_every_failed_run_once(backend, receiver, instance, v2
 
 
 def test_new_failures_are_found_incrementally(backend, receiver, instance, v2_runs):
-    sensor = trd.build_failed_run_sensor("failed_runs", storage_path=backend.storage_path, s3_key=backend.s3_key,
+    sensor = trd.build_failed_run_sensor("failed_runs", storage_path=backend.storage_path, **backend.keys,
                                          include_v1=False)
     resources = backend.resources(trd.WebhookAlertSink(url=receiver.url))
     cursor = tick(sensor, instance, None, resources).cursor
@@ -214,7 +248,7 @@ def test_job_requests_one_retraining_run_per_failed_run(backend, receiver, insta
     def model() -> None: ...
 
     retrain = dg.define_asset_job("retrain", selection=[model])
-    sensor = trd.build_failed_run_sensor("failed_runs", storage_path=backend.storage_path, s3_key=backend.s3_key, job=retrain)
+    sensor = trd.build_failed_run_sensor("failed_runs", storage_path=backend.storage_path, **backend.keys, job=retrain)
     resources = backend.resources(trd.WebhookAlertSink(url=receiver.url))
     first = tick(sensor, instance, None, resources)
     keys = sorted(r.run_key for r in first.run_requests)
@@ -228,7 +262,7 @@ def test_job_requests_one_retraining_run_per_failed_run(backend, receiver, insta
 
 
 def test_unreadable_run_is_retried_and_reported(backend, receiver, instance, v2_runs, tmp_path):
-    sensor = trd.build_failed_run_sensor("failed_runs", storage_path=backend.storage_path, s3_key=backend.s3_key,
+    sensor = trd.build_failed_run_sensor("failed_runs", storage_path=backend.storage_path, **backend.keys,
                                          include_v1=False)
     resources = backend.resources(trd.WebhookAlertSink(url=receiver.url))
     cursor = tick(sensor, instance, None, resources).cursor
@@ -257,7 +291,7 @@ def test_unreadable_run_is_retried_and_reported(backend, receiver, instance, v2_
 
 
 def test_undeliverable_alert_is_resent_next_tick(backend, instance):
-    sensor = trd.build_failed_run_sensor("failed_runs", storage_path=backend.storage_path, s3_key=backend.s3_key,
+    sensor = trd.build_failed_run_sensor("failed_runs", storage_path=backend.storage_path, **backend.keys,
                                          include_v1=False)
     down = AlertReceiver(statuses=[503] * 2)
     try:
@@ -275,7 +309,7 @@ def test_undeliverable_alert_is_resent_next_tick(backend, instance):
 
 
 def test_late_journal_entry_inside_the_overlap_window_is_found(backend, receiver, instance, v2_runs):
-    sensor = trd.build_failed_run_sensor("failed_runs", storage_path=backend.storage_path, s3_key=backend.s3_key,
+    sensor = trd.build_failed_run_sensor("failed_runs", storage_path=backend.storage_path, **backend.keys,
                                          include_v1=False, overlap_seconds=600)
     resources = backend.resources(trd.WebhookAlertSink(url=receiver.url))
     add_failed_run(backend, v2_runs, "newest")
@@ -287,7 +321,7 @@ def test_late_journal_entry_inside_the_overlap_window_is_found(backend, receiver
 
 
 def test_new_v1_failure_is_found_and_only_it_is_read(backend, receiver, instance, v1_runs):
-    sensor = trd.build_failed_run_sensor("failed_runs", storage_path=backend.storage_path, s3_key=backend.s3_key)
+    sensor = trd.build_failed_run_sensor("failed_runs", storage_path=backend.storage_path, **backend.keys)
     resources = backend.resources(trd.WebhookAlertSink(url=receiver.url))
     cursor = tick(sensor, instance, None, resources).cursor
     backend.put_dir(os.path.dirname(v1_runs["v1_failure"]), "v1_again")

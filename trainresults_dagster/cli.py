@@ -322,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inspect", help="summary of a run (metrics, checkpoints, error) or of a "
                                        "Ray Tune sweep (the trials table)")
-    p.add_argument("uri", help="run or experiment folder: local path or s3://bucket/run")
+    p.add_argument("uri", help="run or experiment folder: local path, s3://, gs:// or abfs:// URI")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_inspect)
 

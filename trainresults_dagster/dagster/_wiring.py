@@ -135,8 +135,10 @@ def check_location(value: str, *, what: str) -> str:
             f"'abfs://container/prefix' (also 'az://', 'gcs://'), got {value!r} "
             f"(scheme {scheme!r})"
         )
-    if storage.canonical_scheme(scheme) == "abfs":
-        storage.resolve(str(value), pafs.LocalFileSystem())  # checks the account form only
+    if storage.canonical_scheme(scheme) in CLOUD_SCHEMES:
+        # The bucket or container, and Azure's account form, are checked here (resolving with
+        # a given filesystem opens nothing).
+        storage.resolve(str(value), pafs.LocalFileSystem())
     return value
 
 
