@@ -1,6 +1,7 @@
 """Failed runs the failure journal does not list (its write failed, ``journal=False``, run
 folders synced in from elsewhere, nested ``RunConfig.name``) are found from the run folders'
-own records, on local disk and on the moto S3 server; one failure gives one alert whichever
+own records, on local disk, on the moto S3 server and on GCS and Azure (emulators); one
+failure gives one alert whichever
 source sees it first. Real Ray runs (the session fixtures), a real ``DagsterInstance``, a
 real HTTP receiver."""
 
@@ -27,6 +28,7 @@ from trainresults_dagster.runs.record import JOURNAL_DIR, journal_key, read_reco
 
 class Local:
     name = "local"
+    keys: dict[str, str] = {}
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -49,6 +51,7 @@ class Local:
 
 class S3:
     name = "s3"
+    keys = {"s3_key": "s3"}
 
     def __init__(self, moto: Any) -> None:
         self.moto = moto
@@ -68,10 +71,38 @@ class S3:
         return {"filesystem": self.moto.filesystem(), "s3_client": self.moto.client()}
 
 
-@pytest.fixture(params=["local", "s3"])
+class Cloud:
+    """GCS or Azure through its emulator, its resource under key ``store``."""
+
+    def __init__(self, name: str, emulator: Any) -> None:
+        self.name, self.emulator = name, emulator
+        self.keys = {"gcs_key" if name == "gcs" else "azure_key": "store"}
+        self.container = (emulator.new_bucket("disc") if name == "gcs"
+                          else emulator.new_container("disc"))
+        self.fs = emulator.filesystem()
+        self.storage_path = f"{'gs' if name == 'gcs' else 'abfs'}://{self.container}/storage"
+
+    def put_dir(self, src: str, rel: str) -> None:
+        self.emulator.upload_dir(src, self.container, f"storage/{rel}")
+
+    def put_file(self, rel: str, data: bytes) -> None:
+        storage.write_bytes_atomic(self.fs, f"{self.container}/storage/{rel}", data)
+
+    def resources(self, sink: Any) -> dict[str, Any]:
+        return {"alert_sink": sink, "store": self.emulator.resource()}
+
+    def scan_args(self) -> dict[str, Any]:
+        return {"filesystem": self.fs}
+
+
+@pytest.fixture(params=["local", "s3", "gcs", "azure"])
 def backend(request, tmp_path):
     if request.param == "local":
         return Local(tmp_path / "storage")
+    if request.param == "gcs":
+        return Cloud("gcs", request.getfixturevalue("gcs_emulator"))
+    if request.param == "azure":
+        return Cloud("azure", request.getfixturevalue("azurite"))
     return S3(request.getfixturevalue("moto"))
 
 
@@ -112,9 +143,8 @@ def test_unjournaled_failure_with_a_nested_name_is_alerted_once(backend, receive
     backend.put_dir(v2_runs["failure"], "team-a/exp1")  # RunConfig.name="team-a/exp1"
     backend.put_dir(v2_runs["success"], "team-a/fine")
     backend.put_dir(v2_runs["failure_plain"], "no-recorder")  # no record: cannot be known
-    s3_key = "s3" if backend.name == "s3" else None
     sensor = trd.build_failed_run_sensor("discovery", storage_path=backend.storage_path,
-                                         s3_key=s3_key, include_v1=False)
+                                         **backend.keys, include_v1=False)
     resources = backend.resources(trd.WebhookAlertSink(url=receiver.url))
     with dg.instance_for_test() as instance:
         first = tick(sensor, instance, None, resources)

@@ -325,7 +325,10 @@ def test_new_v1_failure_is_found_and_only_it_is_read(backend, receiver, instance
     resources = backend.resources(trd.WebhookAlertSink(url=receiver.url))
     cursor = tick(sensor, instance, None, resources).cursor
     backend.put_dir(os.path.dirname(v1_runs["v1_failure"]), "v1_again")
-    fs, root = storage.filesystem_for(backend.storage_path, s3_settings(resources.get("s3")))
+    if isinstance(backend, CloudBackend):
+        fs = backend.fs
+    else:
+        fs, _ = storage.filesystem_for(backend.storage_path, s3_settings(resources.get("s3")))
     client = resources["s3"].get_client() if "s3" in resources else None
     # New V1 experiments are looked for every v1_rescan_seconds (default 5 minutes).
     not_due = scan_failed_runs(backend.storage_path, cursor, filesystem=fs, s3_client=client)
