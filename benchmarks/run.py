@@ -18,6 +18,7 @@ import traceback
 
 SUITE = [
     ("read", "benchmarks.bench_read"),
+    ("clouds", "benchmarks.bench_clouds"),
     ("load", "benchmarks.bench_io_manager"),
     ("copy", "benchmarks.bench_registry"),
     ("inference", "benchmarks.bench_inference"),

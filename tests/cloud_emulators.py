@@ -14,6 +14,7 @@ variables (``env()``).
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import subprocess
@@ -73,7 +74,7 @@ class GcsEmulator(_Process):
     def __init__(self, root: Path) -> None:
         self.port = _free_port()
         self.endpoint_url = f"http://127.0.0.1:{self.port}"
-        log = root / "gcs-emulator.log"
+        log = self._log_path = root / "gcs-emulator.log"
         self._log = open(log, "w")  # noqa: SIM115
         exe = Path(sys.executable).with_name("gcp-storage-emulator")
         self.proc = subprocess.Popen(
@@ -81,6 +82,11 @@ class GcsEmulator(_Process):
             stdout=self._log, stderr=subprocess.STDOUT,
         )
         _wait(f"{self.endpoint_url}/storage/v1/b", self.proc, log, "gcp-storage-emulator")
+
+    def request_count(self) -> int:
+        """Requests the emulator has served so far (its access log, one line per request)."""
+        text = self._log_path.read_text(errors="replace")
+        return len(re.findall(r'"(?:GET|POST|PUT|PATCH|DELETE|HEAD) /', text))
 
     def settings(self) -> Any:
         from trainresults_dagster.storage import GcsSettings

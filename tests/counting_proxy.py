@@ -7,20 +7,25 @@ object twice.
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 from typing import Any
 
+_REQUEST_LINE = re.compile(rb"(?:GET|PUT|POST|HEAD|DELETE|PATCH) /\S* HTTP/1\.[01]\r\n")
+
 
 class CountingProxy:
     """``CountingProxy(host, port)``; ``.endpoint_url``; ``.sent`` / ``.received`` / ``.total``
-    (bytes from and to the client); ``.reset()``; ``.close()``."""
+    (bytes from and to the client); ``.requests`` (HTTP/1.1 request lines the client sent,
+    for stores whose server keeps no request log); ``.reset()``; ``.close()``."""
 
     def __init__(self, upstream_host: str, upstream_port: int) -> None:
         self.upstream = (upstream_host, upstream_port)
         self._lock = threading.Lock()
         self.sent = 0
         self.received = 0
+        self.requests = 0
         self._server = socket.socket()
         self._server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._server.bind(("127.0.0.1", 0))
@@ -42,7 +47,7 @@ class CountingProxy:
 
     def reset(self) -> None:
         with self._lock:
-            self.sent = self.received = 0
+            self.sent = self.received = self.requests = 0
 
     def _add(self, attr: str, n: int) -> None:
         with self._lock:
@@ -63,12 +68,19 @@ class CountingProxy:
             threading.Thread(target=self._pump, args=(upstream, client, "received"), daemon=True).start()
 
     def _pump(self, src: Any, dst: Any, attr: str) -> None:
+        tail = b""  # the end of the previous chunk: a request line may straddle two
         try:
             while True:
                 data = src.recv(1 << 16)
                 if not data:
                     break
                 self._add(attr, len(data))
+                if attr == "sent":
+                    window = tail + data
+                    found = sum(1 for m in _REQUEST_LINE.finditer(window) if m.end() > len(tail))
+                    if found:
+                        self._add("requests", found)
+                    tail = window[-512:]
                 dst.sendall(data)
         except OSError:
             pass

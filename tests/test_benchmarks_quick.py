@@ -16,7 +16,8 @@ def test_quick_benchmarks_run_and_print_the_table():
     assert out.returncode == 0, out.stderr[-3000:]
     table = [ln for ln in out.stdout.splitlines() if ln.startswith("| ")]
     names = [ln.split("|")[1].strip() for ln in table[1:]]
-    for expected in ("read S3 requests", "load_input S3 requests", "register",
+    for expected in ("read S3 requests", "requests per run read, GCS", "requests per run read, Azure",
+                     "load_input S3 requests", "register",
                      "batch inference throughput", "sensor tick", "recorder per report",
                      "S3 PUTs for", "read sweep S3 requests", "import trainresults_dagster"):
         assert any(n.startswith(expected) for n in names), (expected, names)

@@ -88,7 +88,8 @@ def test_a_ray_run_written_straight_to_the_store_reads_like_ray(request, which):
     assert ours.uri == direct.uri
     assert len(ours.best_checkpoints) == 2  # num_to_keep=2 of 4
     assert ours.error is None and direct.fitted.error is None
-    assert ours.metrics_dataframe["loss"].tolist() == direct.fitted.metrics_dataframe["loss"].tolist()
+    pd.testing.assert_series_equal(ours.metrics_dataframe["loss"],
+                                   direct.fitted.metrics_dataframe["loss"])
     # The run folder lists its checkpoint folders (on GCS they are implicit prefixes).
     names = {i.base_name for i in storage.list_dir(direct.filesystem, ours.path)
              if i.type == pafs.FileType.Directory}
