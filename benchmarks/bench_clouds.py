@@ -71,9 +71,9 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
                 counts = {}
                 for n in sizes:
                     path = write_v2_run(server.filesystem(), f"{container}/run{n}", n, payload=b"w")
-                    ours_fn = lambda p=path: trd.TrainResult.from_path(p, through)  # noqa: E731
-                    ray_fn = lambda p=path: ray.train.Result.from_path(  # noqa: E731
-                        p, storage_filesystem=through)
+                    ours_fn = lambda p=path, f=through: trd.TrainResult.from_path(p, f)  # noqa: E731
+                    ray_fn = lambda p=path, f=through: ray.train.Result.from_path(  # noqa: E731
+                        p, storage_filesystem=f)
                     ours, theirs = ours_fn(), ray_fn()
                     if [c.path for c, _ in ours.best_checkpoints] != [
                             c.path for c, _ in theirs.best_checkpoints]:
