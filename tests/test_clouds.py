@@ -286,3 +286,37 @@ def test_settings_never_show_their_secrets():
     azure = trd.AzureSettings(account_name="acct", account_key="S3CRET-KEY",
                               connection_string="AccountKey=S3CRET-KEY")
     assert SENTINEL_TOKEN not in repr(gcs) and "S3CRET" not in repr(azure)
+
+
+def test_errors_and_logs_never_carry_the_credentials(gcs_emulator, azurite, caplog):
+    """The sentinel token (GCS) and the account key (Azure) are in no error and no log record,
+    on the paths that fail: a refused registry, a missing run, a wrong account."""
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    bucket = gcs_emulator.new_bucket("err")
+    gcs = trd.GcsResource(endpoint_url=gcs_emulator.endpoint_url, project_id=gcs_emulator.project,
+                          access_token=SENTINEL_TOKEN)
+    fs = gcs.settings().filesystem()
+    storage.write_bytes_atomic(fs, f"{bucket}/src/w.bin", b"w")
+    errors: list[BaseException] = []
+    with pytest.raises(trd.StorageError) as refused:
+        trd.CheckpointRegistry(base_path=f"gs://{bucket}/reg", gcs=gcs).register(
+            "clf", trd.Checkpoint(f"{bucket}/src", fs), metrics={})
+    errors.append(refused.value)
+    with pytest.raises(trd.RunNotFoundError) as missing:
+        trd.TrainResult.from_path(f"gs://{bucket}/no-run", fs)
+    errors.append(missing.value)
+    with pytest.raises(trd.RunNotFoundError) as missing_az:
+        trd.TrainResult.from_path(f"abfs://{azurite.new_container('err')}/no-run",
+                                  azurite.filesystem())
+    errors.append(missing_az.value)
+    with pytest.raises(ValueError) as other:
+        storage.filesystem_for("abfs://c1@someoneelse.dfs.core.windows.net/x",
+                               azure=azurite.settings())
+    errors.append(other.value)
+    import traceback
+
+    text = "\n".join("".join(traceback.format_exception(e)) for e in errors)
+    text += "\n".join(r.getMessage() for r in caplog.records)
+    assert SENTINEL_TOKEN not in text and azurite.key not in text
