@@ -309,7 +309,9 @@ def _direct_run(name: str, container: str, scheme: str, filesystem: Any) -> Dire
     import ray.cloudpickle
 
     ray.cloudpickle.register_pickle_by_value(ray_jobs)
-    fitted = ray_jobs.run_job(name, container, storage_filesystem=filesystem,
+    # One worker: the point is the storage path (Ray writing straight to the emulator), and a
+    # second worker would only add start-up time.
+    fitted = ray_jobs.run_job(name, container, storage_filesystem=filesystem, num_workers=1,
                               spec=ray_jobs.JOBS["success"])
     return DirectRun(f"{scheme}://{container}/{name}", filesystem, fitted)
 
