@@ -23,7 +23,7 @@ $(AZURITE): | $(BIN)/python
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null; \
 	  else echo "npm is missing: install nodejs and npm for the Azure tests (azurite)" >&2; exit 1; fi; }
 	mkdir -p $(VENV)/node
-	cd $(VENV)/node && npm install --no-audit --no-fund --silent azurite@3.35.0
+	npm install --prefix $(VENV)/node --no-audit --no-fund --silent azurite@3.35.0
 	touch $(AZURITE)
 
 # The browser test drives Debian's chromium (playwright cannot download browsers here).
