@@ -1094,16 +1094,24 @@ def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
         with fs.open_output_stream(path) as out:
             out.write(data)
 
-    if isinstance(fs, pafs.AzureFileSystem):
+    if isinstance(fs, pafs.AzureFileSystem) and _azure_sdk_usable(fs):
         # pyarrow's Azure output stream creates an empty blob when it opens, so a reader could
         # see a torn (empty) file; one Put Blob publishes the whole object at once.
-        try:
-            _require("azure.storage.blob", "azure")
-        except StorageError:
-            pass
-        else:
-            _put = functools.partial(_azure_upload, fs, path, data)  # noqa: F811
+        call(functools.partial(_azure_upload, fs, path, data), what="write",
+             where=to_uri(fs, path))
+        return
     call(_put, what="write", where=to_uri(fs, path))
+
+
+def _azure_sdk_usable(fs: pafs.FileSystem) -> bool:
+    """azure-storage-blob is installed and can authenticate as ``fs`` does (a key or SAS, or
+    azure-identity for DefaultAzureCredential)."""
+    import importlib.util
+
+    if importlib.util.find_spec("azure.storage.blob") is None:
+        return False
+    values = AzureSettings.from_filesystem(fs).resolved()
+    return bool(values["key"] or values["sas"]) or importlib.util.find_spec("azure.identity") is not None
 
 
 def _azure_upload(fs: pafs.FileSystem, path: str, data: bytes) -> None:
