@@ -12,7 +12,7 @@ $(BIN)/python:
 
 # Reinstall when the project's dependency list changes.
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/uv pip install --python $(BIN)/python -e '.[ray,test]'
+	$(BIN)/uv pip install --python $(BIN)/python -e '.[ray,jobs,test]'
 	touch $(STAMP)
 
 # The browser test drives Debian's chromium (playwright cannot download browsers here).
