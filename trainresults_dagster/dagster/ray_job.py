@@ -67,6 +67,7 @@ class RayJobTrainer(dg.ConfigurableResource):
     )
     auth_token: str | None = Field(
         default=None,
+        repr=False,
         description="Ray dashboard auth token (Ray 2.60 token auth), sent only as the "
         "'Authorization: Bearer' header. Give it as dg.EnvVar; it is never logged.",
     )
