@@ -336,8 +336,10 @@ BAD = {
     "scheme": ("/tmp/trd-component-never-written", "ftp://x/y", "storage.base_path",
                "scheme 'ftp'"),
     "name": ("name: m", "name: my-model", "name", "expected a Dagster name"),
-    "training mode": ("  params: {tag: t}", "  params: {tag: t}\n  mode: ray_job",
-                      "training.mode", "got 'ray_job'"),
+    "training mode": ("  params: {tag: t}", "  params: {tag: t}\n  mode: on_the_moon",
+                      "training.mode", "got 'on_the_moon'"),
+    "ray_job mode without a cluster": ("  params: {tag: t}", "  params: {tag: t}\n  mode: ray_job",
+                                       "training.ray_job", "needs a ray_job section"),
     "secret value instead of its name": (
         'schedule:\n  cron: "0 3 * * 1"',
         "serving:\n  webhook: {url_env: 'https://hooks.example.com/x'}",
