@@ -368,6 +368,22 @@ def test_yaml_mistakes_are_located_resolution_errors(sandbox, case):
     assert "Traceback" not in message and "trainresults_dagster/" not in message, message
 
 
+def test_ray_job_mode_builds_a_job_trainer_with_the_token_by_name(sandbox):
+    """``mode: ray_job``: the training asset submits through ``RayJobTrainer`` (run for real
+    on a cluster in tests/test_ray_jobs_cluster.py); the token is an EnvVar, never a value."""
+    text = GOOD.replace("  params: {tag: t}", "  params: {tag: t}\n  mode: ray_job\n  ray_job:\n"
+                        "    address: http://ray-head:8265\n    token_env: TRD_TEST_RAY_TOKEN\n"
+                        "    runtime_env: {env_vars: {FLAG: on-please}}")
+    with sandbox.load_component_and_build_defs(defs_path=write(sandbox, "m", text)) as (_c, defs):
+        trainer = (defs.resources or {})["ray_job"]
+        assert isinstance(trainer, trd.RayJobTrainer)
+        assert trainer.address == "http://ray-head:8265"
+        assert isinstance(trainer.auth_token, dg.EnvVar) and trainer.auth_token.env_var_name == "TRD_TEST_RAY_TOKEN"
+        assert trainer.runtime_env == {"env_vars": {"FLAG": "on-please"}}
+        spec = defs.resolve_assets_def("m_trained_model").specs_by_key[dg.AssetKey("m_trained_model")]
+        assert spec.metadata["ray_job"] == "true"
+
+
 # ------------------------------------------------------------------------- entrypoints
 def test_entrypoint_gets_params_request_and_context():
     from component_entrypoints import CALLS
