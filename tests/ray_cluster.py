@@ -133,7 +133,7 @@ class RayCluster:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(30)
+                self.proc.wait(8)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         name = os.path.basename(self.temp_dir)

@@ -204,7 +204,7 @@ class RayJobTrainer(dg.ConfigurableResource):
         started = time.monotonic()
         timed_out = threading.Event()
         try:
-            with self._deadline(submission_id, timed_out, context):
+            with self._deadline(submission_id, timed_out, context), _plain_return(context):
                 client.run(context=context, submit_job_params=params)  # type: ignore[arg-type]
         except DagsterExecutionInterruptedError:
             # dagster-ray has asked Ray to stop the job; make sure it did before leaving.
@@ -297,6 +297,24 @@ class RayJobTrainer(dg.ConfigurableResource):
                 time=error.time,
             )
         return result
+
+
+@contextmanager
+def _plain_return(context: Any) -> Any:
+    """Leave the step's output mode as it was around the Pipes session.
+
+    ``open_pipes_session`` switches the step to Dagster's "typed event stream" mode (the
+    asset must yield ``Output``/``MaterializeResult``) so that materialisations reported by
+    the external process are not lost. Our job reports custom messages only and the value
+    goes to the IO manager, so the asset keeps returning its ``TrainResult`` as usual.
+    """
+    step = getattr(getattr(context, "op_execution_context", context), "_step_execution_context", None)
+    before = getattr(step, "_requires_typed_event_stream", None)
+    try:
+        yield
+    finally:
+        if step is not None and before is not None:
+            step._requires_typed_event_stream = before
 
 
 @functools.cache
