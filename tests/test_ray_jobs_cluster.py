@@ -116,11 +116,11 @@ def test_a_job_that_succeeds_is_materialised_with_its_metrics(cluster, instance,
                             instance=instance)
     assert result.success
     metadata = job_of(result)
-    assert metadata["loss"].value == 0.5  # the final metric, a float Dagster plots
+    assert metadata["metrics/loss"].value == 0.5  # the final metric, a float Dagster plots
     assert metadata["ray_job_status"].value == "SUCCEEDED"
     chosen = result.output_for_node("best")
     assert chosen.metrics["loss"] == 0.4 and chosen.metrics["epoch"] == 1
-    [run_dir] = [p for p in storage.iterdir() if not p.name.startswith(".")]
+    [run_dir] = [p for p in storage.iterdir() if p.name.startswith("trained-")]
     assert trd.TrainResult.from_path(run_dir).status == "finished"  # RunRecorder was attached
 
     job = only_job(cluster, result.run_id)
@@ -152,7 +152,7 @@ def test_a_job_that_raises_fails_the_step_with_per_rank_context(cluster, instanc
     text = failure_text(result)
     assert "diverged at epoch 1 on rank 0" in text and "diverged at epoch 1 on rank 1" in text
 
-    [run_dir] = [p for p in storage.iterdir() if not p.name.startswith(".")]
+    [run_dir] = [p for p in storage.iterdir() if p.name.startswith("trained-")]
     stored = trd.TrainResult.from_path(run_dir)
     assert stored.status == "failed" and sorted(stored.error.worker_failures) == [0, 1]
     assert len(stored.checkpoints) == 1  # epoch 0 survived the failure
@@ -246,7 +246,7 @@ def test_the_example_pipeline_trains_through_a_ray_job(cluster, instance, tmp_pa
         [mat] = [e.materialization for e in result.get_asset_materialization_events()
                  if e.asset_key == dg.AssetKey("trained_model")]
         assert mat.metadata["ray_job_status"].value == "SUCCEEDED"
-        assert "val_loss" in mat.metadata
+        assert "metrics/val_loss" in mat.metadata
         assert result.output_for_node("best_checkpoint").metrics["val_loss"] > 0
         job = only_job(cluster, result.run_id)
         event = instance.get_latest_materialization_event(dg.AssetKey("trained_model"))
