@@ -282,8 +282,10 @@ class RayJobTrainer(dg.ConfigurableResource):
         kind = "RayJobTimeout" if timed_out else f"RayJob{status.title()}"
         what = (f"exceeded timeout_seconds={self.timeout_seconds:g} and was stopped"
                 if timed_out else f"ended {status}")
-        job_context = (f"Ray Job {submission_id} {what} after {elapsed:.1f}s: "
-                       f"{(info.message or '').strip()}")
+        # Ray's message repeats the log's end, Pipes protocol lines included: keep its first
+        # line, the tail below is the filtered log.
+        message = ((info.message or "").strip().splitlines() or [""])[0]
+        job_context = f"Ray Job {submission_id} {what} after {elapsed:.1f}s: {message}"
         tail = _log_tail(client, submission_id, self.log_tail_lines)
         context.log.error(job_context)
         if result.error is None:
