@@ -38,7 +38,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import dagster as dg
-from pydantic import Field, PrivateAttr, field_validator
+from pydantic import Field, field_validator
 
 import trainresults_dagster.storage as storage
 from trainresults_dagster.dagster._wiring import s3_settings_from
@@ -100,7 +100,6 @@ class RayJobTrainer(dg.ConfigurableResource):
     log_tail_lines: int = Field(
         default=60, description="Job log lines kept in the error of a job that failed."
     )
-    _submitted: list[str] = PrivateAttr(default_factory=list)
 
     @field_validator("timeout_seconds", "poll_interval_seconds", "stop_wait_seconds")
     @classmethod
@@ -179,6 +178,8 @@ class RayJobTrainer(dg.ConfigurableResource):
         from dagster._core.errors import DagsterExecutionInterruptedError
         from dagster_ray.core.pipes import PipesRayJobClient
 
+        if not storage.split_scheme(storage_uri)[0]:  # the job's cwd is not ours
+            storage_uri = storage.resolve(storage_uri)[1]
         run_name = run_name or _default_run_name(context)
         storage.safe_name(run_name, what="run name", where=storage_uri)
         default_uri = f"{storage_uri.rstrip('/')}/{run_name}"
