@@ -54,6 +54,8 @@ CALLBACKS_ENV = "RAY_TRAIN_CALLBACKS"
 #: Pipes protocol lines are not log lines worth showing in a failure.
 _PIPES_MARK = "__dagster_pipes_version"
 _TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+#: Job log lines quoted in the error message itself (alerts show it); the rest in traceback.
+_MESSAGE_LOG_LINES = 10
 
 
 class RayJobTrainer(dg.ConfigurableResource):
@@ -289,8 +291,11 @@ class RayJobTrainer(dg.ConfigurableResource):
         job_context = f"Ray Job {submission_id} {what} after {elapsed:.1f}s: {message}"
         tail = _log_tail(client, submission_id, self.log_tail_lines)
         context.log.error(job_context)
-        if result.error is None:
-            result.error = TrainingError(kind, job_context, traceback=tail)
+        if result.error is None:  # nothing recorded: the job's own words are the error
+            last = "\n".join(tail.splitlines()[-_MESSAGE_LOG_LINES:])
+            result.error = TrainingError(
+                kind, f"{job_context}\nLast job log lines:\n{last}" if last else job_context,
+                traceback=tail)
         else:  # the recorder's record has the per-rank failures: keep it, add the job's side
             error = result.error
             result.error = TrainingError(
