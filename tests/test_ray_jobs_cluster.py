@@ -215,11 +215,11 @@ def test_a_job_past_its_timeout_is_stopped_and_reported(cluster, instance, tmp_p
     pid_dir = tmp_path / "pids"
     pid_dir.mkdir()
     result = dg.materialize([training_asset(tmp_path / "ray", "sleep", pid_dir)],
-                            resources=resources(tmp_path, cluster, timeout_seconds=20),
+                            resources=resources(tmp_path, cluster, timeout_seconds=10),
                             instance=instance, raise_on_error=False)
     assert not result.success
     text = failure_text(result)
-    assert "RayJobTimeout" in text and "exceeded timeout_seconds=20" in text
+    assert "RayJobTimeout" in text and "exceeded timeout_seconds=10" in text
     assert only_job(cluster, result.run_id).status == "STOPPED"
     _, left = pids_gone(pid_dir)
     assert not left, f"orphans: {left}"
