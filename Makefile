@@ -14,7 +14,7 @@ $(BIN)/python:
 
 # Reinstall when the project's dependency list changes.
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/uv pip install --python $(BIN)/python -e '.[ray,gcs,azure,test]'
+	$(BIN)/uv pip install --python $(BIN)/python -e '.[ray,gcs,azure,jobs,test]'
 	touch $(STAMP)
 
 $(AZURITE): | $(BIN)/python
@@ -45,7 +45,7 @@ system-deps:
 install: system-deps $(STAMP) $(AZURITE) browser
 
 test: lint
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=30 tests
 
 demo: install
 	$(BIN)/python -m trainresults_dagster.examples.demo

@@ -336,8 +336,10 @@ BAD = {
     "scheme": ("/tmp/trd-component-never-written", "ftp://x/y", "storage.base_path",
                "scheme 'ftp'"),
     "name": ("name: m", "name: my-model", "name", "expected a Dagster name"),
-    "training mode": ("  params: {tag: t}", "  params: {tag: t}\n  mode: ray_job",
-                      "training.mode", "got 'ray_job'"),
+    "training mode": ("  params: {tag: t}", "  params: {tag: t}\n  mode: on_the_moon",
+                      "training.mode", "got 'on_the_moon'"),
+    "ray_job mode without a cluster": ("  params: {tag: t}", "  params: {tag: t}\n  mode: ray_job",
+                                       "training.ray_job", "needs a ray_job section"),
     "secret value instead of its name": (
         'schedule:\n  cron: "0 3 * * 1"',
         "serving:\n  webhook: {url_env: 'https://hooks.example.com/x'}",
@@ -364,6 +366,22 @@ def test_yaml_mistakes_are_located_resolution_errors(sandbox, case):
     assert says in message, message
     assert "defs.yaml:" in message, message
     assert "Traceback" not in message and "trainresults_dagster/" not in message, message
+
+
+def test_ray_job_mode_builds_a_job_trainer_with_the_token_by_name(sandbox):
+    """``mode: ray_job``: the training asset submits through ``RayJobTrainer`` (run for real
+    on a cluster in tests/test_ray_jobs_cluster.py); the token is an EnvVar, never a value."""
+    text = GOOD.replace("  params: {tag: t}", "  params: {tag: t}\n  mode: ray_job\n  ray_job:\n"
+                        "    address: http://ray-head:8265\n    token_env: TRD_TEST_RAY_TOKEN\n"
+                        "    runtime_env: {env_vars: {FLAG: on-please}}")
+    with sandbox.load_component_and_build_defs(defs_path=write(sandbox, "m", text)) as (_c, defs):
+        trainer = (defs.resources or {})["ray_job"]
+        assert isinstance(trainer, trd.RayJobTrainer)
+        assert trainer.address == "http://ray-head:8265"
+        assert isinstance(trainer.auth_token, dg.EnvVar) and trainer.auth_token.env_var_name == "TRD_TEST_RAY_TOKEN"
+        assert trainer.runtime_env == {"env_vars": {"FLAG": "on-please"}}
+        spec = defs.resolve_assets_def("m_trained_model").specs_by_key[dg.AssetKey("m_trained_model")]
+        assert spec.metadata["ray_job"] == "true"
 
 
 # ------------------------------------------------------------------------- entrypoints

@@ -96,3 +96,15 @@ def test_sweep_snippet_runs_from_sweep_to_champion(ray_session, tmp_path, monkey
     exec(compile(_snippets()[5], "README.md#reading-sweeps", "exec"), {})
     out = capsys.readouterr().out
     assert "{'lr': 0.01}" in out and "checkpoint_000002" in out
+
+
+def test_training_on_a_cluster_snippets():
+    job, asset = [s for s in _snippets() if "pipes.report_result" in s or "RayJobTrainer(" in s]
+    compile(job, "README.md#ray-job-script", "exec")  # runs as a Ray Job only
+    namespace: dict = {}
+    # dont_inherit: this module's `from __future__ import annotations` would make Dagster see
+    # string annotations on the asset
+    exec(compile(asset, "README.md#ray-job-asset", "exec", dont_inherit=True), namespace)
+    defs = namespace["defs"]
+    dg.Definitions.validate_loadable(defs)
+    assert defs.resources["ray_job"].address == "http://ray-head:8265"

@@ -65,6 +65,7 @@ if TYPE_CHECKING:
     from trainresults_dagster.dagster.io_manager import RayTrainResultIOManager
     from trainresults_dagster.dagster.json_io_manager import JSON_IO_MANAGER_KEY, JsonIOManager
     from trainresults_dagster.dagster.promotion import build_promotion_asset
+    from trainresults_dagster.dagster.ray_job import RayJobTrainer, build_ray_job_training_asset
     from trainresults_dagster.dagster.ray_serve import RayServeTarget
     from trainresults_dagster.dagster.registry import CheckpointRegistry
     from trainresults_dagster.dagster.schedules import build_retraining_schedule
@@ -93,6 +94,8 @@ _LAZY = {
     "build_batch_inference_asset": "trainresults_dagster.dagster.handoff",
     "build_serving_asset": "trainresults_dagster.dagster.handoff",
     "RayServeTarget": "trainresults_dagster.dagster.ray_serve",
+    "RayJobTrainer": "trainresults_dagster.dagster.ray_job",
+    "build_ray_job_training_asset": "trainresults_dagster.dagster.ray_job",
     "WebhookTarget": "trainresults_dagster.dagster.webhooks",
     "WebhookAlertSink": "trainresults_dagster.dagster.webhooks",
     "build_failed_run_sensor": "trainresults_dagster.dagster.sensors",
@@ -144,6 +147,7 @@ __all__ = [
     "OutputNotCommittedError",
     "PredictorError",
     "PromotionConflict",
+    "RayJobTrainer",
     "RayServeTarget",
     "RayTrainResultIOManager",
     "RunNotFoundError",
@@ -167,6 +171,7 @@ __all__ = [
     "build_champion_checks",
     "build_failed_run_sensor",
     "build_promotion_asset",
+    "build_ray_job_training_asset",
     "build_retraining_schedule",
     "build_serving_asset",
     "build_training_failure_sensor",

@@ -56,6 +56,7 @@ from trainresults_dagster.dagster.handoff import build_batch_inference_asset, bu
 from trainresults_dagster.dagster.io_manager import RayTrainResultIOManager
 from trainresults_dagster.dagster.json_io_manager import JSON_IO_MANAGER_KEY, JsonIOManager
 from trainresults_dagster.dagster.promotion import build_promotion_asset
+from trainresults_dagster.dagster.ray_job import RayJobTrainer, build_ray_job_training_asset
 from trainresults_dagster.dagster.ray_serve import RayServeTarget
 from trainresults_dagster.dagster.registry import CheckpointRegistry
 from trainresults_dagster.dagster.schedules import build_retraining_schedule
@@ -69,7 +70,10 @@ from trainresults_dagster.dagster.webhooks import LogAlertSink, WebhookAlertSink
 #: How each ``training.mode`` builds the training asset; every builder takes the arguments of
 #: ``build_training_asset``. The Ray Job mode (``trainresults_dagster.dagster.ray_job``) plugs
 #: in here as ``"ray_job"``, together with that value in ``TrainingSpec.mode``.
-TRAINING_ASSET_BUILDERS: dict[str, Any] = {"in_process": build_training_asset}
+TRAINING_ASSET_BUILDERS: dict[str, Any] = {
+    "in_process": build_training_asset,
+    "ray_job": build_ray_job_training_asset,
+}
 
 _SHARED: dict[tuple[Any, ...], Any] = {}
 
@@ -174,6 +178,9 @@ class TrainingPipeline(dg.Component, dg.Resolvable, dg.Model):
         deps = [dg.AssetKey.from_user_string(d) for d in self.training.deps]
         selection, promotion = self.selection, self.promotion
 
+        job_spec = self.training.ray_job
+        extra: dict[str, Any] = {} if job_spec is None or self.training.mode != "ray_job" else {
+            "trainer_key": self.key("ray_job"), "python": job_spec.python}
         training = TRAINING_ASSET_BUILDERS[self.training.mode](
             f"{name}_trained_model",
             pipeline=name,
@@ -184,6 +191,7 @@ class TrainingPipeline(dg.Component, dg.Resolvable, dg.Model):
             s3_key=self.s3_key,
             deps=deps,
             group_name=group,
+            **extra,
         )
         best = build_best_checkpoint_asset(
             f"{name}_best_checkpoint", result_asset=training, metric=selection.metric,
@@ -294,6 +302,17 @@ class TrainingPipeline(dg.Component, dg.Resolvable, dg.Model):
         }
         if s3 is not None:
             out[self.key("s3")] = s3
+        job_spec = self.training.ray_job
+        if self.training.mode == "ray_job" and job_spec is not None:
+            config = {
+                "address": job_spec.address or _env(job_spec.address_env),
+                "auth_token": _env(job_spec.token_env),
+                "runtime_env": job_spec.runtime_env,
+                "timeout_seconds": job_spec.timeout_seconds,
+            }
+            # runtime_env is a dict (unhashable): share by its repr, like _shared does by value
+            key = (RayJobTrainer, repr(sorted((k, type(v).__name__, v) for k, v in config.items())))
+            out[self.key("ray_job")] = _SHARED.setdefault(key, RayJobTrainer(**config))
         if self.alerts.failed_run_sensor or self.alerts.training_failure_sensor:
             webhook = self.alerts.webhook
             out[self.key("alert_sink")] = (

@@ -226,6 +226,34 @@ class StorageSpec(dg.Resolvable, dg.Model):
     )
 
 
+class RayJobSpec(dg.Resolvable, dg.Model):
+    """The cluster a ``mode: ray_job`` training runs on (a ``RayJobTrainer``)."""
+
+    address: str | None = Field(
+        default=None,
+        description="Ray dashboard HTTP address, e.g. 'http://ray-head:8265'. Omit to use "
+        "address_env, or RAY_ADDRESS as `ray job submit` does.",
+    )
+    address_env: Annotated[str | None, checked(
+        _optional_env_name, description="Name of the variable holding the dashboard address.",
+    )] = None
+    token_env: Annotated[str | None, checked(
+        _optional_env_name,
+        description="Name of the variable holding the dashboard's auth token (Ray token auth).",
+    )] = None
+    runtime_env: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Ray runtime_env of the job (working_dir, pip, env_vars...). Visible on "
+        "the dashboard: never put secrets here.",
+    )
+    timeout_seconds: float = Field(
+        default=6 * 3600.0, gt=0, description="Stop the job and fail the step after this long."
+    )
+    python: str = Field(
+        default="python", description="The Python the job runs the entrypoint with."
+    )
+
+
 class TrainingSpec(dg.Resolvable, dg.Model):
     """What trains: an importable function, called with ``params``."""
 
@@ -240,11 +268,15 @@ class TrainingSpec(dg.Resolvable, dg.Model):
     params: dict[str, Any] = Field(
         default_factory=dict, description="Keyword arguments for the entrypoint."
     )
-    mode: Annotated[Literal["in_process"], checked(
-        _choice("in_process"),
+    mode: Annotated[Literal["in_process", "ray_job"], checked(
+        _choice("in_process", "ray_job"),
         description="Where the entrypoint runs: 'in_process' (the Dagster step process, "
-        "which connects to Ray as RAY_ADDRESS says or starts a local Ray).",
+        "which connects to Ray as RAY_ADDRESS says or starts a local Ray) or 'ray_job' (a Ray "
+        "Job on the cluster of the ray_job section; needs trainresults-dagster[jobs]).",
     )] = "in_process"
+    ray_job: RayJobSpec | None = Field(
+        default=None, description="The cluster of mode 'ray_job' (required with it)."
+    )
     deps: list[str] = Field(
         default_factory=list,
         description="Keys of upstream assets the training reads (e.g. a dataset asset): they "
@@ -399,6 +431,10 @@ def resolve_training(context: dg.ResolutionContext, value: Any) -> TrainingSpec:
     """The training section, with ``params`` checked against the entrypoint's signature, so
     a misspelt parameter fails at load time instead of in the run."""
     spec = TrainingSpec.resolve_from_model(context, value)
+    if spec.mode == "ray_job" and spec.ray_job is None:
+        raise located(context.at_path("ray_job"),
+                      "mode 'ray_job' needs a ray_job section with the cluster's address "
+                      "(address or address_env)")
     try:
         spec.entrypoint.check_params(spec.params)
     except ValueError as exc:

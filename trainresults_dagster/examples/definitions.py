@@ -12,7 +12,13 @@ against S3 by setting a few of them:
     The standard AWS settings, for an ``s3://`` storage root (read by boto3 and pyarrow;
     never written anywhere by this library).
 ``RAY_ADDRESS``
-    Train on an existing Ray cluster instead of a local Ray.
+    Train on an existing Ray cluster instead of a local Ray (``fit()`` in the step, through
+    Ray Client).
+``TRAINRESULTS_RAY_JOB_ADDRESS`` / ``TRAINRESULTS_RAY_JOB_TOKEN``
+    Train as a Ray Job on the cluster whose dashboard is at this address
+    (``http://head:8265``), through ``RayJobTrainer``; the token is the dashboard's auth
+    token, if it needs one. The cluster reads and writes the same storage root, and has
+    ``trainresults_dagster`` installed (its image, or ``runtime_env`` ``pip``).
 ``TRAINRESULTS_WEBHOOK_URL`` / ``TRAINRESULTS_WEBHOOK_SECRET``
     Serving hand-off target (a signed webhook). Unset: the champion is served by a Ray
     Serve app on the local Ray (``examples/serving.py``), deployed on the first hand-off.
@@ -97,9 +103,9 @@ def training_data(context: dg.AssetExecutionContext) -> dict[str, Any]:
     return out
 
 
-@dg.asset(kinds={"ray"}, group_name="demo", io_manager_key="ray_results",
+@dg.asset(name="trained_model", kinds={"ray"}, group_name="demo", io_manager_key="ray_results",
           tags={"trainresults/training": "true"})
-def trained_model(context: dg.AssetExecutionContext, training_data: dict[str, Any]) -> trd.TrainResult:
+def trained_model_in_process(context: dg.AssetExecutionContext, training_data: dict[str, Any]) -> trd.TrainResult:
     """Logistic regression trained with Ray Train V2 (2 workers, a checkpoint per epoch)."""
     import ray
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
@@ -135,6 +141,32 @@ def trained_model(context: dg.AssetExecutionContext, training_data: dict[str, An
     )
     return trd.fit(trainer)
 
+
+def ray_job_address() -> str | None:
+    return os.environ.get("TRAINRESULTS_RAY_JOB_ADDRESS") or None
+
+
+#: The same model trained by a Ray Job on the cluster: the job runs
+#: ``python -m trainresults_dagster.pipes trainresults_dagster.examples.training:train``,
+#: which writes under ``ray/`` and reports back through Dagster Pipes.
+trained_model_as_job = trd.build_ray_job_training_asset(
+    "trained_model",
+    pipeline="demo",
+    entrypoint="trainresults_dagster.examples.training:train",
+    params={
+        "data_path": location("data", "training", "part-0.parquet"),
+        "epochs": int(os.environ.get("TRAINRESULTS_EPOCHS", "8")),
+        "lr": 0.5,
+    },
+    storage_uri=location("ray"),
+    s3_key="s3" if storage_root().startswith("s3://") else None,
+    deps=[training_data],
+    group_name="demo",
+    description="Logistic regression trained by a Ray Job on the cluster (2 workers).",
+)
+
+#: One ``trained_model`` asset or the other: the rest of the pipeline cannot tell them apart.
+trained_model = trained_model_as_job if ray_job_address() else trained_model_in_process
 
 best_checkpoint = trd.build_best_checkpoint_asset(
     "best_checkpoint", result_asset=trained_model, metric="val_loss", mode="min",
@@ -213,6 +245,12 @@ def resources() -> dict[str, Any]:
     }
     if s3 is not None:
         out["s3"] = s3
+    if ray_job_address():
+        out["ray_job"] = trd.RayJobTrainer(
+            address=ray_job_address(),
+            auth_token=dg.EnvVar("TRAINRESULTS_RAY_JOB_TOKEN")
+            if os.environ.get("TRAINRESULTS_RAY_JOB_TOKEN") else None,
+        )
     if os.environ.get("TRAINRESULTS_WEBHOOK_URL"):
         out["serving_target"] = trd.WebhookTarget(
             url=dg.EnvVar("TRAINRESULTS_WEBHOOK_URL"),
