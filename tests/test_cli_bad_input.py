@@ -168,3 +168,33 @@ def test_a_bug_is_one_line_with_exit_1_and_a_traceback_only_when_asked(places):
     assert "internal error ZeroDivisionError: injected bug" in quiet.stderr
     loud = run(["inspect", places["run"]], dict(env, TRAINRESULTS_DEBUG="1"))
     assert loud.returncode == 1 and "Traceback" in loud.stderr
+
+
+@pytest.mark.parametrize(
+    "argv, env, says",
+    [
+        (["component_entrypoints:returns_result"], {}, "TRAINRESULTS_STORAGE_URI"),
+        (["no_such_module_x:train"], "job", "no_such_module_x"),
+        (["component_entrypoints:returns_result", "--params", "{not json"], "job", "JSON object"),
+        (["component_entrypoints:returns_result", "--params", "[1]"], "job", "JSON object"),
+        ([], "job", "entrypoint"),
+    ],
+)
+def test_the_job_entrypoint_fails_with_one_line(tmp_path, argv, env, says):
+    """``python -m trainresults_dagster.pipes`` (what a Ray Job runs) on bad input: exit 2
+    (usage) or 3 (input), one line naming what was expected, no traceback."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("TRAINRESULTS_")}
+    environ["PYTHONPATH"] = str(Path(__file__).resolve().parent)
+    if env == "job":
+        environ["TRAINRESULTS_STORAGE_URI"] = str(tmp_path)
+        environ["TRAINRESULTS_RUN_NAME"] = "r1"
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainresults_dagster.pipes", *argv],
+        capture_output=True, text=True, env=environ, timeout=120,
+    )
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode in (2, 3), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert says in proc.stderr, proc.stderr
+    assert lines and len(lines) <= 2, lines  # argparse: a usage line plus the error
+    assert not list(tmp_path.iterdir())  # nothing written

@@ -164,12 +164,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("entrypoint", help="import path of the training function, 'pkg.mod:fn'")
     parser.add_argument("--params", default="{}", help="keyword arguments as a JSON object")
     args = parser.parse_args(argv)
-    params = json.loads(args.params)
+    try:
+        params = json.loads(args.params)
+    except ValueError as exc:
+        parser.error(f"expected --params to be a JSON object, got {args.params!r:.200} ({exc})")
     if not isinstance(params, dict):
         parser.error(f"expected --params to be a JSON object, got {args.params!r:.200}")
-    request = training_request()
+    try:  # bad input (no RayJobTrainer environment, a wrong reference or params): one line
+        request = training_request()
+        entrypoint = Entrypoint.load(args.entrypoint)
+        entrypoint.check_params(params)
+    except (RuntimeError, ValueError) as exc:
+        print(f"python -m trainresults_dagster.pipes: {exc}", file=sys.stderr)
+        return 3
     report_run_path(request.run_uri)
-    result = Entrypoint.load(args.entrypoint).run(request, params)
+    result = entrypoint.run(request, params)
     report_result(result)
     if result.error is not None:
         print(f"training failed: {result.error}", file=sys.stderr)
