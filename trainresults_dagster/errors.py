@@ -9,6 +9,38 @@ snapshot, and so ``except RuntimeError:`` catches ours too.
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
+#: Secrets that storage services and their SDKs echo in error text: a SAS token's signature
+#: (pyarrow's and azure-core's messages carry the whole request URL), an account key or a
+#: SAS inside a connection string.
+_SECRETS = re.compile(r"(?i)\b(sig|AccountKey|SharedAccessSignature|access_token|token)=([^&;\s'\"]+)")
+
+
+def redact(text: str) -> str:
+    """``text`` with the values of ``sig=``, ``AccountKey=``, ``SharedAccessSignature=`` and
+    ``token=`` replaced by ``***``."""
+    return _SECRETS.sub(r"\1=***", text)
+
+
+def scrub(exc: BaseException) -> BaseException:
+    """Redact ``exc`` and its causes in place (their args and an SDK's ``message``), so a
+    traceback that Dagster or a log prints carries no credential. Returns ``exc``."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        try:
+            current.args = tuple(redact(a) if isinstance(a, str) else a for a in current.args)
+            message = getattr(current, "message", None)
+            if isinstance(message, str):
+                current.message = redact(message)  # type: ignore[attr-defined]
+        except (AttributeError, TypeError):  # an exception type with read-only fields
+            pass
+        current = current.__cause__ or current.__context__
+    return exc
+
 
 class TrainResultsError(Exception):
     """Base class of every error raised on purpose by trainresults_dagster."""
@@ -20,7 +52,11 @@ class CorruptDataError(TrainResultsError, ValueError):
 
 # ------------------------------------------------------------------ storage
 class StorageError(TrainResultsError, OSError):
-    """A storage request kept failing after bounded retries."""
+    """A storage request kept failing after bounded retries. Its message is redacted
+    (``redact``); code raising it ``from`` a service error ``scrub``s that error first."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
 
 
 class ShortReadError(OSError):

@@ -47,6 +47,7 @@ from .errors import (
     ShortReadError,
     StorageError,
     UnsafePathError,
+    scrub,
 )
 
 T = TypeVar("T")
@@ -113,6 +114,7 @@ def call(fn: Callable[[], T], *, what: str, where: str, attempts: int | None = N
         try:
             return fn()
         except Exception as exc:  # noqa: BLE001 - classified just below
+            scrub(exc)  # Azure/pyarrow messages can carry a SAS signature in the URL
             if not is_transient(exc):
                 raise
             if attempt == attempts:
@@ -706,6 +708,7 @@ def _require(module: str, extra: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
+        scrub(exc)
         raise StorageError(
             f"{module} is needed for this {extra.upper()} operation but is not installed; "
             f"install the extra: pip install 'trainresults-dagster[{extra}]'"
@@ -828,7 +831,8 @@ class AzureSettings:
         if values["key"]:
             kwargs["account_key"] = values["key"]
         elif values["sas"]:
-            kwargs["sas_token"] = values["sas"]
+            # pyarrow appends it to the URL as given: without its "?" it lands in the path.
+            kwargs["sas_token"] = "?" + values["sas"].lstrip("?")
         endpoint = values["endpoint"]
         if endpoint:
             scheme, rest = split_scheme(endpoint)
@@ -1041,6 +1045,7 @@ def _gcs_list(fs: pafs.FileSystem, path: str) -> list[pafs.FileInfo]:
             return []
         if isinstance(exc, StorageError | OSError):
             raise
+        scrub(exc)
         raise StorageError(f"list failed at {to_uri(fs, base)}: {type(exc).__name__}: {exc}") from exc
 
 
@@ -1122,6 +1127,7 @@ def _azure_upload(fs: pafs.FileSystem, path: str, data: bytes) -> None:
     except Exception as exc:
         if isinstance(exc, OSError):
             raise
+        scrub(exc)
         raise StorageError(f"write failed at {to_uri(fs, path)}: {type(exc).__name__}: "
                            f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
 
@@ -1293,6 +1299,7 @@ def multipart_copy(
             Metadata=head.get("Metadata") or {},
         )
     except Exception as exc:  # noqa: BLE001 - botocore errors are not OSErrors
+        scrub(exc)
         raise StorageError(f"starting a multipart copy {where} failed: {exc}") from exc
     upload_id = upload["UploadId"]
     ranges = [(n + 1, start, min(start + part, size) - 1)
@@ -1324,6 +1331,7 @@ def multipart_copy(
         except Exception:  # noqa: BLE001 - the copy's own error is the one to report
             pass
         if isinstance(exc, Exception):
+            scrub(exc)
             raise StorageError(
                 f"multipart server-side copy {where} ({size} bytes, {len(ranges)} parts) failed "
                 f"and was aborted: {type(exc).__name__}: {exc}"
@@ -1358,6 +1366,7 @@ def azure_server_copy(fs: pafs.FileSystem, src: str, dst: str) -> None:
     except StorageError:
         raise
     except Exception as exc:  # noqa: BLE001 - azure-core errors are not OSErrors
+        scrub(exc)
         raise StorageError(f"server-side copy {where} failed: {type(exc).__name__}: "
                            f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
     if status != "success":

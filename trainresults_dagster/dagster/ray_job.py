@@ -43,7 +43,7 @@ from pydantic import Field, field_validator
 import trainresults_dagster.storage as storage
 from trainresults_dagster.dagster._wiring import s3_settings_from
 from trainresults_dagster.dagster.sensors import TRAINING_TAG
-from trainresults_dagster.errors import TrainResultsError
+from trainresults_dagster.errors import NotARunDirectoryError, RunNotFoundError, TrainResultsError
 from trainresults_dagster.pipes import MESSAGE_KEY, RUN_NAME_ENV, STORAGE_URI_ENV
 from trainresults_dagster.runs.entrypoint import Entrypoint
 from trainresults_dagster.runs.failure import TrainingError
@@ -74,7 +74,9 @@ class RayJobTrainer(dg.ConfigurableResource):
         "'Authorization: Bearer' header. Give it as dg.EnvVar; it is never logged.",
     )
     headers: dict[str, str] = Field(
-        default_factory=dict, description="Extra HTTP headers for the dashboard (e.g. a proxy's)."
+        default_factory=dict, repr=False,
+        description="Extra HTTP headers for the dashboard (e.g. a proxy's); give secret "
+        "values as dg.EnvVar.",
     )
     verify: bool = Field(default=True, description="Verify the dashboard's TLS certificate.")
     runtime_env: dict[str, Any] = Field(
@@ -178,7 +180,14 @@ class RayJobTrainer(dg.ConfigurableResource):
         could not be submitted raises.
         """
         from dagster._core.errors import DagsterExecutionInterruptedError
-        from dagster_ray.core.pipes import PipesRayJobClient
+
+        try:
+            from dagster_ray.core.pipes import PipesRayJobClient
+        except ImportError as exc:
+            raise dg.Failure(
+                "RayJobTrainer needs dagster-ray and ray where Dagster runs: "
+                f"pip install 'trainresults-dagster[jobs,ray]' ({type(exc).__name__}: {exc})"
+            ) from exc
 
         if not storage.split_scheme(storage_uri)[0]:  # the job's cwd is not ours
             storage_uri = storage.resolve(storage_uri)[1]
@@ -263,12 +272,16 @@ class RayJobTrainer(dg.ConfigurableResource):
         info = client.get_job_info(submission_id)
         reported = reader.reported()
         uri = reported.get("result") or reported.get("run_path") or default_uri
+        read_error = ""
         fs, path = storage.filesystem_for(uri, s3_settings_from(context.resources, s3_key))
         try:
             result = TrainResult.from_path(path, fs, missing_checkpoints="drop")
             found = True
-        except TrainResultsError:
+        except (RunNotFoundError, NotARunDirectoryError):  # nothing persisted there yet
             result, found = TrainResult(path=path, filesystem=fs), False
+        except TrainResultsError as exc:  # a storage, auth or corrupt-run error: say it
+            result, found = TrainResult(path=path, filesystem=fs), False
+            read_error = f"{type(exc).__name__}: {exc}"
         context.add_output_metadata({
             "ray_job_id": submission_id,
             "ray_job_status": status,
@@ -276,6 +289,11 @@ class RayJobTrainer(dg.ConfigurableResource):
         })
         if status == "SUCCEEDED" and not timed_out:
             if not found:
+                if read_error:
+                    raise dg.Failure(
+                        f"Ray Job {submission_id} succeeded but its run at {uri!r} could not "
+                        f"be read: {read_error}"
+                    )
                 raise dg.Failure(
                     f"Ray Job {submission_id} succeeded but no Ray Train run is at {uri!r}. "
                     "Write the run with trainresults_dagster.pipes.run_config() (or report "
@@ -289,6 +307,8 @@ class RayJobTrainer(dg.ConfigurableResource):
         # line, the tail below is the filtered log.
         message = ((info.message or "").strip().splitlines() or [""])[0]
         job_context = f"Ray Job {submission_id} {what} after {elapsed:.1f}s: {message}"
+        if read_error:
+            job_context += f" (its run at {uri} could not be read: {read_error})"
         tail = _log_tail(client, submission_id, self.log_tail_lines)
         context.log.error(job_context)
         if result.error is None:  # nothing recorded: the job's own words are the error

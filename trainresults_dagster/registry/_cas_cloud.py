@@ -23,7 +23,7 @@ import base64
 from collections.abc import Iterator
 from typing import Any
 
-from trainresults_dagster.errors import StorageError
+from trainresults_dagster.errors import StorageError, scrub
 
 from ._cas import _CHUNK, PROBE_KEY
 
@@ -47,6 +47,7 @@ class _Prefixed:
         return f"{self.scheme}://{self.container}/{self._key(key)}"
 
     def _fail(self, what: str, key: str, exc: Exception) -> StorageError:
+        scrub(exc)  # azure-core puts the request URL, SAS signature included, in its message
         return StorageError(f"{what} failed at {self.uri(key)}: {type(exc).__name__}: "
                             f"{_first_line(exc)}")
 
