@@ -447,6 +447,33 @@ def test_gcs_emulator_without_preconditions_is_refused(gcs_emulator):
     assert not storage.exists(fs, f"{bucket}/reg/clf/data")  # nothing was copied
 
 
+@pytest.mark.parametrize("store", ["s3", "gs", "abfs"])
+def test_a_missing_bucket_is_named_not_taken_for_a_lost_race(store, request, tmp_path):
+    """A 404 on a conditional write is the bucket (or container), never a lost race: the
+    registry says so instead of reporting conflicts or an empty registry forever."""
+    src = tmp_path / "ckpt"
+    src.mkdir()
+    (src / "w.bin").write_bytes(b"w")
+    missing = f"missing-{uuid.uuid4().hex[:8]}"
+    if store == "s3":
+        moto = request.getfixturevalue("moto")
+        registry = trd.CheckpointRegistry(base_path=f"s3://{missing}/reg", s3=moto.s3_resource())
+    elif store == "gs":
+        emulator = request.getfixturevalue("gcs_emulator")
+        registry = trd.CheckpointRegistry(base_path=f"gs://{missing}/reg", gcs=emulator.resource())
+    else:
+        azurite = request.getfixturevalue("azurite")
+        registry = trd.CheckpointRegistry(base_path=f"abfs://{missing}/reg",
+                                          azure=azurite.resource())
+    kind = "container" if store == "abfs" else "bucket"
+    with pytest.raises(trd.StorageError, match=rf"{store}://{missing}/reg.*{kind} "
+                                               rf"'{missing}'.*does not exist"):
+        registry.register("clf", trd.Checkpoint(str(src)), metrics={})
+    if store != "gs":  # GCS answers a read in a missing bucket like a missing object
+        with pytest.raises(trd.StorageError, match="does not exist"):
+            registry.promote("clf", 1)
+
+
 def test_azure_copy_is_server_side(azurite):
     """Checkpoint -> registry on one Azure account: Copy Blob, and for big blobs an async
     server copy; the bytes match either way."""

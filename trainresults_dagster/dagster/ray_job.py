@@ -41,7 +41,7 @@ import dagster as dg
 from pydantic import Field, field_validator
 
 import trainresults_dagster.storage as storage
-from trainresults_dagster.dagster._wiring import s3_settings_from
+from trainresults_dagster.dagster._wiring import StoreSettings
 from trainresults_dagster.dagster.sensors import TRAINING_TAG
 from trainresults_dagster.errors import NotARunDirectoryError, RunNotFoundError, TrainResultsError
 from trainresults_dagster.pipes import MESSAGE_KEY, RUN_NAME_ENV, STORAGE_URI_ENV
@@ -169,13 +169,16 @@ class RayJobTrainer(dg.ConfigurableResource):
         run_name: str | None = None,
         runtime_env: Mapping[str, Any] | None = None,
         s3_key: str | None = None,
+        gcs_key: str | None = None,
+        azure_key: str | None = None,
     ) -> TrainResult:
         """Run shell command ``entrypoint`` as a Ray Job; return its run as a ``TrainResult``.
 
         ``storage_uri`` is the Ray Train storage path the job should write to (local folder
         shared with the cluster, or ``s3://...``), ``run_name`` the run folder (default:
-        ``<asset>-<Dagster run id prefix>``). ``s3_key`` names the ``S3Resource`` this step
-        reads the run with (default: the AWS environment); the job uses its own credentials.
+        ``<asset>-<Dagster run id prefix>``). ``s3_key``, ``gcs_key`` and ``azure_key`` name the
+        ``S3Resource``/``GcsResource``/``AzureResource`` this step reads the run with (default:
+        each provider's standard chain); the job uses its own (the cluster's) credentials.
         A failed, stopped or timed-out job returns a result with ``error`` set; a job that
         could not be submitted raises.
         """
@@ -229,7 +232,9 @@ class RayJobTrainer(dg.ConfigurableResource):
         finished = time.monotonic()
         return self._collect(
             context, submission_id=submission_id, default_uri=default_uri, reader=reader,
-            timed_out=timed_out.is_set(), elapsed=finished - started, s3_key=s3_key,
+            timed_out=timed_out.is_set(), elapsed=finished - started,
+            stores=StoreSettings.from_resources(
+                context.resources, s3_key=s3_key, gcs_key=gcs_key, azure_key=azure_key),
         )
 
     @contextmanager
@@ -264,7 +269,7 @@ class RayJobTrainer(dg.ConfigurableResource):
 
     def _collect(
         self, context: Any, *, submission_id: str, default_uri: str, reader: Any,
-        timed_out: bool, elapsed: float, s3_key: str | None,
+        timed_out: bool, elapsed: float, stores: StoreSettings,
     ) -> TrainResult:
         client = self.submission_client()
         status = self._wait_terminal(submission_id) if timed_out else str(
@@ -273,7 +278,7 @@ class RayJobTrainer(dg.ConfigurableResource):
         reported = reader.reported()
         uri = reported.get("result") or reported.get("run_path") or default_uri
         read_error = ""
-        fs, path = storage.filesystem_for(uri, s3_settings_from(context.resources, s3_key))
+        fs, path = stores.filesystem_for(uri)
         try:
             result = TrainResult.from_path(path, fs, missing_checkpoints="drop")
             found = True
@@ -415,6 +420,8 @@ def build_ray_job_training_asset(
     description: str | None = None,
     trainer_key: str = "ray_job",
     python: str = "python",
+    gcs_key: str | None = None,
+    azure_key: str | None = None,
 ) -> dg.AssetsDefinition:
     """``build_training_asset``'s twin that trains in a Ray Job through ``RayJobTrainer``
     (resource ``trainer_key``): the job runs ``python -m trainresults_dagster.pipes
@@ -426,7 +433,7 @@ def build_ray_job_training_asset(
         entrypoint.check_params(values)
     ref = entrypoint.ref if isinstance(entrypoint, Entrypoint) else str(entrypoint)
     command = job_command(ref, values, python=python)
-    required = {trainer_key} | ({s3_key} if s3_key else set())
+    required = {trainer_key} | {k for k in (s3_key, gcs_key, azure_key) if k}
 
     @dg.asset(
         name=name,
@@ -444,6 +451,7 @@ def build_ray_job_training_asset(
         return trainer.run(
             context, entrypoint=command, storage_uri=storage_uri,
             run_name=f"{pipeline}-{context.run.run_id[:8]}", s3_key=s3_key,
+            gcs_key=gcs_key, azure_key=azure_key,
         )
 
     return _training

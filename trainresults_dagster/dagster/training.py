@@ -18,22 +18,29 @@ from typing import Any
 import dagster as dg
 
 import trainresults_dagster.storage as storage
-from trainresults_dagster.dagster._wiring import s3_settings_from
+from trainresults_dagster.dagster._wiring import StoreSettings
 from trainresults_dagster.dagster.sensors import TRAINING_TAG
 from trainresults_dagster.runs.entrypoint import Entrypoint, TrainingRequest
 from trainresults_dagster.runs.result import TrainResult
 
 
 def training_request(
-    pipeline: str, storage_uri: str, context: dg.AssetExecutionContext, s3_key: str | None
+    pipeline: str,
+    storage_uri: str,
+    context: dg.AssetExecutionContext,
+    s3_key: str | None,
+    *,
+    gcs_key: str | None = None,
+    azure_key: str | None = None,
 ) -> TrainingRequest:
     """Where this step's Ray Train run goes: ``<storage_uri>/<pipeline>-<run id prefix>``."""
     scheme, _ = storage.split_scheme(storage_uri)
     filesystem = None
     if scheme:  # Ray gets our filesystem (retries, endpoint, credentials), not its own
-        fs, path = storage.filesystem_for(
-            storage_uri, s3_settings_from(context.resources, s3_key)
+        stores = StoreSettings.from_resources(
+            context.resources, s3_key=s3_key, gcs_key=gcs_key, azure_key=azure_key
         )
+        fs, path = stores.filesystem_for(storage_uri)
         filesystem = fs
     else:
         _, path = storage.resolve(storage_uri)
@@ -59,12 +66,15 @@ def build_training_asset(
     deps: Sequence[Any] = (),
     group_name: str | None = None,
     description: str | None = None,
+    gcs_key: str | None = None,
+    azure_key: str | None = None,
 ) -> dg.AssetsDefinition:
     """An asset that calls ``entrypoint`` with ``params`` and returns what it trained.
 
     ``storage_uri`` is the Ray Train storage path the run must use (``request.run_config()``
     puts it in the ``RunConfig``); ``s3_key`` names the ``S3Resource`` for an ``s3://`` one
-    (default: the AWS environment). Tagged ``trainresults/training`` so
+    (default: the AWS environment), ``gcs_key`` a ``GcsResource`` for ``gs://`` and
+    ``azure_key`` an ``AzureResource`` for ``abfs://`` (default: each provider's chain). Tagged ``trainresults/training`` so
     ``build_training_failure_sensor`` alerts with the training context when it fails.
     """
     values = dict(params or {})
@@ -74,7 +84,7 @@ def build_training_asset(
         name=name,
         io_manager_key=io_manager_key,
         deps=list(deps),
-        required_resource_keys={s3_key} if s3_key else None,
+        required_resource_keys={k for k in (s3_key, gcs_key, azure_key) if k} or None,
         group_name=group_name,
         kinds={"ray"},
         tags={TRAINING_TAG: "true"},
@@ -82,7 +92,9 @@ def build_training_asset(
         description=description or f"Ray Train run of {entrypoint.ref}, stored under {storage_uri}.",
     )
     def _training(context: dg.AssetExecutionContext) -> TrainResult:
-        request = training_request(pipeline, storage_uri, context, s3_key)
+        request = training_request(
+            pipeline, storage_uri, context, s3_key, gcs_key=gcs_key, azure_key=azure_key
+        )
         context.log.info(f"training {entrypoint.ref} as {request.run_uri}")
         return entrypoint.run(request, values, context=context)
 

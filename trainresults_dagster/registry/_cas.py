@@ -236,12 +236,20 @@ class S3Store:
         detail = f"{code} (HTTP {status})" if code else f"{type(exc).__name__}: {exc}"
         return StorageError(f"{what} failed at {self.uri(key)}: {detail}")
 
+    def _no_bucket(self) -> StorageError:
+        return StorageError(
+            f"the registry at {self.uri('')} is in bucket {self.bucket!r}, which does not "
+            "exist (NoSuchBucket): create the bucket, or fix the registry's base_path"
+        )
+
     def get(self, key: str) -> tuple[bytes, str] | None:
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
             return response["Body"].read(), response["ETag"]
         except Exception as exc:  # noqa: BLE001 - botocore errors are classified by code
             code, status = _error_code(exc)
+            if code == "NoSuchBucket":
+                raise self._no_bucket() from exc
             if code in ("NoSuchKey", "404") or status == 404:
                 return None
             raise self._fail("read", key, exc) from exc
@@ -263,6 +271,8 @@ class S3Store:
                 if status == 409 or code == "ConditionalRequestConflict":
                     time.sleep(0.02 * (attempt + 1) * (0.5 + random.random()))
                     continue
+                if code == "NoSuchBucket":  # a 404 too, but no lost race: say what is wrong
+                    raise self._no_bucket() from exc
                 if status in (412, 404) or code in ("PreconditionFailed", "NoSuchKey"):
                     return False
                 raise self._fail("conditional write", key, exc) from exc

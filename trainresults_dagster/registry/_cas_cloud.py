@@ -51,6 +51,13 @@ class _Prefixed:
         return StorageError(f"{what} failed at {self.uri(key)}: {type(exc).__name__}: "
                             f"{_first_line(exc)}")
 
+    def _no_container(self, kind: str, exc: Exception) -> StorageError:
+        scrub(exc)
+        return StorageError(
+            f"the registry at {self.uri('')} is in {kind} {self.container!r}, which does not "
+            f"exist ({type(exc).__name__}): create the {kind}, or fix the registry's base_path"
+        )
+
     def _try_create(self, key: str, data: bytes) -> bool:
         raise NotImplementedError
 
@@ -127,8 +134,10 @@ class GcsStore(_Prefixed):
             )
             return True
         except Exception as exc:  # noqa: BLE001 - google-api-core errors are classified by name
-            if type(exc).__name__ in ("PreconditionFailed", "NotFound"):
+            if type(exc).__name__ == "PreconditionFailed":
                 return False
+            if type(exc).__name__ == "NotFound":  # an upload's 404 is the bucket, never a race
+                raise self._no_container("bucket", exc) from exc
             raise self._fail("conditional write", key, exc) from exc
 
     def _try_create(self, key: str, data: bytes) -> bool:
@@ -202,6 +211,8 @@ class AzureStore(_Prefixed):
             download = self._blob(key).download_blob()
             return download.readall(), str(download.properties.etag)
         except Exception as exc:  # noqa: BLE001 - azure-core errors are classified by name
+            if str(getattr(exc, "error_code", "") or "") == "ContainerNotFound":
+                raise self._no_container("container", exc) from exc
             if type(exc).__name__ == "ResourceNotFoundError":
                 return None
             raise self._fail("read", key, exc) from exc
@@ -220,6 +231,8 @@ class AzureStore(_Prefixed):
             )
             return True
         except Exception as exc:  # noqa: BLE001 - azure-core errors are classified by name
+            if str(getattr(exc, "error_code", "") or "") == "ContainerNotFound":
+                raise self._no_container("container", exc) from exc
             if type(exc).__name__ in ("ResourceExistsError", "ResourceModifiedError",
                                       "ResourceNotFoundError"):
                 return False
