@@ -44,8 +44,10 @@ system-deps:
 
 install: system-deps $(STAMP) $(AZURITE) browser
 
+# Two pytest sessions side by side (tests/lanes.py): Ray-driving tests in one, the rest in
+# the other. `$(BIN)/python -m pytest tests` runs everything in one session.
 test: lint
-	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=30 tests
+	$(BIN)/python tests/lanes.py tests
 
 demo: install
 	$(BIN)/python -m trainresults_dagster.examples.demo

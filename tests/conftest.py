@@ -178,9 +178,71 @@ def ray_session(moto: MotoS3) -> Iterator[str]:
     ray.shutdown()
 
 
-#: Development aid only (CI never sets it): reuse runs made by an earlier pytest session
-#: from this folder instead of re-running Ray. Tests must treat the runs as read-only.
-RUNS_CACHE = os.environ.get("TRAINRESULTS_TEST_RUNS_CACHE")
+# --------------------------------------------------------------------------------------
+# Lanes: `make test` runs the suite as two pytest sessions side by side on one machine.
+# The suite mostly waits (actor start-up, polling, subprocesses), so one session leaves a
+# core idle. Lane "ray" gets every test that drives Ray (marked ``ray_live``, by its
+# fixtures or explicitly) and builds the shared Ray runs first thing; lane "rest" gets the
+# others, which only read those runs, and never starts Ray. Without a lane (plain
+# `pytest tests`) one session runs everything, as before.
+# --------------------------------------------------------------------------------------
+
+LANE = os.environ.get("TRAINRESULTS_TEST_LANE") or None
+if LANE not in (None, "ray", "rest"):
+    raise pytest.UsageError(f"TRAINRESULTS_TEST_LANE must be 'ray' or 'rest', got {LANE!r}")
+#: Fixtures whose tests drive Ray (a session, a cluster, a Ray run written by the test).
+RAY_LIVE_FIXTURES = {"ray_session", "cluster", "demo_runs", "s3_direct_run", "gcs_direct_run",
+                     "azure_direct_run"}
+#: Fixtures (direct or through ``getfixturevalue``) that read the runs lane "ray" builds:
+#: lane "rest" runs the modules that use them last, when the runs are most likely there.
+RUN_FIXTURES = {"v2_runs", "v1_runs", "retried_env_run", "tune_sweep", "s3_runs", "s3_sweep",
+                "gcs_runs", "azure_runs", "copy_run", "backend", "seed", "cloud"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if RAY_LIVE_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.ray_live)
+    if LANE is None:
+        return
+    keep = [i for i in items if (i.get_closest_marker("ray_live") is not None) == (LANE == "ray")]
+    dropped = [i for i in items if i not in set(keep)]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+    if LANE == "rest":  # whole modules stay together (their module fixtures set up once)
+        reads_runs = {i.module.__name__ for i in keep if RUN_FIXTURES & set(i.fixturenames)}
+        keep.sort(key=lambda i: i.module.__name__ in reads_runs)  # stable: file order kept
+    items[:] = keep
+
+
+@pytest.fixture(autouse=True)
+def _lane_rest_never_starts_ray(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Keep the lanes honest: a test in lane "rest" that left a Ray running (Ray Data and
+    Serve start one on first use) belongs in lane "ray": mark it ``ray_live``."""
+    yield
+    ray = sys.modules.get("ray")
+    if LANE == "rest" and ray is not None and ray.is_initialized():
+        ray.shutdown()
+        pytest.fail(f"{request.node.nodeid} started Ray in lane 'rest': mark it "
+                    "@pytest.mark.ray_live", pytrace=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _lane_ray_builds_the_shared_runs(request: pytest.FixtureRequest) -> None:
+    """In lane "ray", build every shared run before the first test (lane "rest" waits)."""
+    if LANE == "ray":
+        for name in ("v2_runs", "v1_runs", "retried_env_run", "tune_sweep"):
+            request.getfixturevalue(name)
+
+
+#: Development aid (CI never sets it): reuse runs made by an earlier pytest session from
+#: this folder instead of re-running Ray. ``TRAINRESULTS_TEST_SHARED_RUNS`` is the same for
+#: the two lanes of `make test`. Tests must treat the runs as read-only.
+RUNS_CACHE = (os.environ.get("TRAINRESULTS_TEST_RUNS_CACHE")
+              or os.environ.get("TRAINRESULTS_TEST_SHARED_RUNS"))
+#: How long lane "rest" waits for a kind of run lane "ray" builds (within pytest's timeout).
+SHARED_RUNS_WAIT_SECONDS = 540.0
 
 
 @pytest.fixture(scope="session")
@@ -191,7 +253,26 @@ def runs_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("ray_storage")
 
 
+def _read_marker(marker: Path) -> dict[str, str]:
+    return dict(line.split("\t", 1) for line in marker.read_text().splitlines() if line)
+
+
+def _wait_for_lane_ray(root: Path, kind: str) -> dict[str, str]:
+    marker, failed = root / f"{kind}.done", root / f"{kind}.failed"
+    deadline = time.monotonic() + SHARED_RUNS_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        if marker.exists():
+            return _read_marker(marker)
+        if failed.exists():
+            raise RuntimeError(f"lane 'ray' could not build the {kind} runs: {failed.read_text()}")
+        time.sleep(0.5)
+    raise RuntimeError(f"lane 'ray' did not build the {kind} runs in {root} within "
+                       f"{SHARED_RUNS_WAIT_SECONDS:.0f}s (is it running? see its log)")
+
+
 def _cached(root: Path, kind: str, request: pytest.FixtureRequest, make: Any) -> dict[str, str]:
+    if LANE == "rest":
+        return _wait_for_lane_ray(root, kind)
     if not RUNS_CACHE:
         return make(request.getfixturevalue("ray_session"))
     import fcntl
@@ -206,10 +287,17 @@ def _cached_locked(
 ) -> dict[str, str]:
     marker = root / f"{kind}.done"
     if marker.exists():
-        return dict(line.split("\t", 1) for line in marker.read_text().splitlines() if line)
+        return _read_marker(marker)
     shutil.rmtree(root / kind, ignore_errors=True)
-    runs = make(request.getfixturevalue("ray_session"))
-    marker.write_text("".join(f"{k}\t{v}\n" for k, v in runs.items()))
+    (root / f"{kind}.failed").unlink(missing_ok=True)
+    try:
+        runs = make(request.getfixturevalue("ray_session"))
+    except BaseException as exc:  # tell a waiting lane "rest" at once, not at its timeout
+        (root / f"{kind}.failed").write_text(f"{type(exc).__name__}: {exc}"[:2000])
+        raise
+    tmp = root / f".{kind}.done.tmp"
+    tmp.write_text("".join(f"{k}\t{v}\n" for k, v in runs.items()))
+    tmp.replace(marker)  # a reader never sees half a marker
     return runs
 
 

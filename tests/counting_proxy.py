@@ -18,7 +18,11 @@ _REQUEST_LINE = re.compile(rb"(?:GET|PUT|POST|HEAD|DELETE|PATCH) /\S* HTTP/1\.[0
 class CountingProxy:
     """``CountingProxy(host, port)``; ``.endpoint_url``; ``.sent`` / ``.received`` / ``.total``
     (bytes from and to the client); ``.requests`` (HTTP/1.1 request lines the client sent,
-    for stores whose server keeps no request log); ``.reset()``; ``.close()``."""
+    for stores whose server keeps no request log); ``.reset()``; ``.close()``.
+
+    ``fail_first(pattern, times)``: the next ``times`` connections whose first request line
+    matches ``pattern`` (bytes regex) get ``503`` from the proxy, never reaching the server;
+    ``.injected`` counts them. Raw TCP, so websockets (Ray's log tail) pass through."""
 
     def __init__(self, upstream_host: str, upstream_port: int) -> None:
         self.upstream = (upstream_host, upstream_port)
@@ -33,7 +37,24 @@ class CountingProxy:
         self.port = self._server.getsockname()[1]
         self.endpoint_url = f"http://127.0.0.1:{self.port}"
         self._closed = False
+        self._inject: tuple[re.Pattern[bytes], int] | None = None
+        self.injected = 0
         threading.Thread(target=self._accept, daemon=True).start()
+
+    def fail_first(self, pattern: bytes, times: int = 1) -> None:
+        with self._lock:
+            self._inject = (re.compile(pattern), times)
+
+    def _injects(self, first: bytes) -> bool:
+        with self._lock:
+            if self._inject is None or self._inject[1] <= 0:
+                return False
+            pattern, left = self._inject
+            if not pattern.match(first):
+                return False
+            self._inject = (pattern, left - 1)
+            self.injected += 1
+            return True
 
     @classmethod
     def for_url(cls, url: str) -> CountingProxy:
@@ -69,11 +90,17 @@ class CountingProxy:
 
     def _pump(self, src: Any, dst: Any, attr: str) -> None:
         tail = b""  # the end of the previous chunk: a request line may straddle two
+        first = attr == "sent"
         try:
             while True:
                 data = src.recv(1 << 16)
                 if not data:
                     break
+                if first and self._injects(data):
+                    src.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+                                b"Connection: close\r\n\r\n")
+                    break
+                first = False
                 self._add(attr, len(data))
                 if attr == "sent":
                     window = tail + data

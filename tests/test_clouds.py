@@ -77,6 +77,7 @@ def cloud(request: pytest.FixtureRequest) -> Cloud:
 # ------------------------------------------------------------------------------ Ray writes
 
 
+@pytest.mark.ray_live  # the direct runs are written by this session's Ray
 @pytest.mark.parametrize("which", ["gcs", "azure"])
 def test_a_ray_run_written_straight_to_the_store_reads_like_ray(request, which):
     import ray.train

@@ -23,6 +23,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from conftest import ACCESS_KEY, SECRET_KEY
+from counting_proxy import CountingProxy
 from dagster._serdes import serialize_value
 from ray_cluster import RayCluster, alive
 
@@ -53,8 +54,9 @@ def instance(tmp_path_factory):
 
 
 def trainer(cluster, **overrides):
-    return trd.RayJobTrainer(address=cluster.address, auth_token=cluster.token,
-                             poll_interval_seconds=0.25, **overrides)
+    settings = {"address": cluster.address, "auth_token": cluster.token,
+                "poll_interval_seconds": 0.25, **overrides}
+    return trd.RayJobTrainer(**settings)
 
 
 def training_asset(storage, mode, pid_dir=""):
@@ -187,7 +189,17 @@ def test_a_job_that_dies_before_training_reports_its_status_and_logs(cluster, in
     assert "RayJobFailed" in text and "giving up before training" in text
 
 
-def test_terminating_the_dagster_run_stops_the_job(cluster, instance, tmp_path):
+@pytest.fixture
+def flaky_dashboard(cluster):
+    """The cluster's dashboard behind a proxy whose first ``stop`` request gets 503 (a busy
+    head, a proxy hiccup): the job must still be stopped, by a retry."""
+    proxy = CountingProxy.for_url(cluster.address)
+    proxy.fail_first(rb"POST /api/jobs/[^/ ]+/stop ", times=1)
+    yield proxy
+    proxy.close()
+
+
+def test_terminating_the_dagster_run_stops_the_job(cluster, instance, tmp_path, flaky_dashboard):
     pid_dir = tmp_path / "pids"
     pid_dir.mkdir()
     asset = training_asset(tmp_path / "ray", "sleep", pid_dir)
@@ -202,22 +214,30 @@ def test_terminating_the_dagster_run_stops_the_job(cluster, instance, tmp_path):
         os.kill(os.getpid(), signal.SIGINT)
 
     threading.Thread(target=interrupt_once_training, daemon=True).start()
-    result = dg.materialize([asset], resources=resources(tmp_path, cluster), instance=instance,
-                            raise_on_error=False)
+    result = dg.materialize([asset], resources=resources(tmp_path, cluster,
+                                                         address=flaky_dashboard.endpoint_url),
+                            instance=instance, raise_on_error=False)
     assert not result.success
+    assert flaky_dashboard.injected == 1  # the first stop was refused, the retry went through
     job = only_job(cluster, result.run_id)
     assert cluster.client().get_job_status(job.submission_id) == "STOPPED"
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "DagsterExecutionInterruptedError" in str(failure.event_specific_data.error), (
+        "the interruption must stay the step's outcome")
     pids, left = pids_gone(pid_dir)
     assert len(pids) == 2 and not left, f"orphans: {left}"
 
 
-def test_a_job_past_its_timeout_is_stopped_and_reported(cluster, instance, tmp_path):
+def test_a_job_past_its_timeout_is_stopped_and_reported(cluster, instance, tmp_path,
+                                                        flaky_dashboard):
     pid_dir = tmp_path / "pids"
     pid_dir.mkdir()
     result = dg.materialize([training_asset(tmp_path / "ray", "sleep", pid_dir)],
-                            resources=resources(tmp_path, cluster, timeout_seconds=10),
+                            resources=resources(tmp_path, cluster, timeout_seconds=10,
+                                                address=flaky_dashboard.endpoint_url),
                             instance=instance, raise_on_error=False)
     assert not result.success
+    assert flaky_dashboard.injected == 1  # the first stop was refused, the retry went through
     text = failure_text(result)
     assert "RayJobTimeout" in text and "exceeded timeout_seconds=10" in text
     assert only_job(cluster, result.run_id).status == "STOPPED"

@@ -217,6 +217,7 @@ def test_trials_table(grid):
 # ------------------------------------------------------------------------ from_ray
 
 
+@pytest.mark.ray_live  # the lane that ran Tuner.fit() holds its live ResultGrid
 def test_from_ray_reads_storage_and_keeps_the_objective(tune_sweep, grid, ray_grid):
     converted = trd.TrainResultGrid.from_ray(ray_grid)
     assert (converted.metric, converted.mode) == ("loss", "min")

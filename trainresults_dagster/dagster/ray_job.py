@@ -3,7 +3,7 @@
 Ray's production path for training is a Ray Job (the Job Submission API on the dashboard),
 not ``fit()`` in the Dagster step. ``RayJobTrainer.run`` submits the job through
 dagster-ray's ``PipesRayJobClient`` (logs streamed into the step, Dagster Pipes messages
-carried back, the job stopped when the Dagster run is terminated) and returns a
+carried back), stops the job (retried) when the Dagster run is terminated, and returns a
 ``TrainResult`` read from storage, which ``RayTrainResultIOManager`` materialises like any
 other. The call chain, once:
 
@@ -185,7 +185,7 @@ class RayJobTrainer(dg.ConfigurableResource):
         from dagster._core.errors import DagsterExecutionInterruptedError
 
         try:
-            from dagster_ray.core.pipes import PipesRayJobClient
+            client_class = _client_class()
         except ImportError as exc:
             raise dg.Failure(
                 "RayJobTrainer needs dagster-ray and ray where Dagster runs: "
@@ -210,11 +210,12 @@ class RayJobTrainer(dg.ConfigurableResource):
         # flag set after its first session, so a reused one drops the next job's messages.
         reader = _reader_class()(job_submission_client_kwargs={
             "headers": self._http_headers(), "verify": self.verify})
-        client = PipesRayJobClient(
+        client = client_class(
             address=self.address, headers=self._http_headers(), verify=self.verify,
             message_reader=reader, forward_termination=True,
             timeout=self.timeout_seconds, poll_interval=self.poll_interval_seconds,
         )
+        client.stop_job = lambda job_id: self._stop(job_id, context)
         context.log.info(f"submitting Ray Job {submission_id}: {entrypoint}")
         started = time.monotonic()
         timed_out = threading.Event()
@@ -222,9 +223,20 @@ class RayJobTrainer(dg.ConfigurableResource):
             with self._deadline(submission_id, timed_out, context), _plain_return(context):
                 client.run(context=context, submit_job_params=params)  # type: ignore[arg-type]
         except DagsterExecutionInterruptedError:
-            # dagster-ray has asked Ray to stop the job; make sure it did before leaving.
-            status = self._wait_terminal(submission_id)
-            context.log.warning(f"Dagster run interrupted: Ray Job {submission_id} is {status}")
+            # The client has asked Ray to stop the job (retried, see _client_class); wait until
+            # Ray says it stopped. The interruption is what the step reports, whatever the
+            # dashboard answers now.
+            try:
+                status = self._wait_terminal(submission_id)
+                if status not in _TERMINAL:
+                    self._stop(submission_id, context)
+                    status = self._wait_terminal(submission_id)
+                context.log.warning(f"Dagster run interrupted: Ray Job {submission_id} is {status}")
+            except Exception as exc:  # noqa: BLE001 - reported; the interruption stays the outcome
+                context.log.error(
+                    f"Dagster run interrupted; could not confirm that Ray Job {submission_id} "
+                    f"stopped: {type(exc).__name__}: {exc}"
+                )
             raise
         except RuntimeError as exc:
             if not str(exc).startswith("[pipes] Ray job"):
@@ -245,10 +257,7 @@ class RayJobTrainer(dg.ConfigurableResource):
         def expire() -> None:
             timed_out.set()
             context.log.warning(f"Ray Job {job_id} exceeded {self.timeout_seconds}s: stopping it")
-            try:
-                self.submission_client().stop_job(job_id)
-            except Exception as exc:  # noqa: BLE001 - reported; the step still ends
-                context.log.error(f"could not stop Ray Job {job_id}: {type(exc).__name__}: {exc}")
+            self._stop(job_id, context)
 
         timer = threading.Timer(self.timeout_seconds, expire)
         timer.daemon = True
@@ -257,6 +266,21 @@ class RayJobTrainer(dg.ConfigurableResource):
             yield
         finally:
             timer.cancel()
+
+    def _stop(self, job_id: str, context: Any, attempts: int = 4) -> bool:
+        """Ask Ray to stop the job, retrying a dashboard that does not answer (a head under
+        load, a proxy hiccup) with backoff; False (logged) if every attempt failed."""
+        last = ""
+        for attempt in range(attempts):
+            try:
+                self.submission_client().stop_job(job_id)
+                return True
+            except Exception as exc:  # noqa: BLE001 - reported; the step still ends
+                last = f"{type(exc).__name__}: {exc}"
+                if attempt + 1 < attempts:
+                    time.sleep(min(2.0**attempt, self.stop_wait_seconds / attempts))
+        context.log.error(f"could not stop Ray Job {job_id} after {attempts} attempts: {last}")
+        return False
 
     def _wait_terminal(self, job_id: str) -> str:
         client = self.submission_client()
@@ -272,8 +296,13 @@ class RayJobTrainer(dg.ConfigurableResource):
         timed_out: bool, elapsed: float, stores: StoreSettings,
     ) -> TrainResult:
         client = self.submission_client()
-        status = self._wait_terminal(submission_id) if timed_out else str(
-            client.get_job_status(submission_id).value)
+        if timed_out:
+            status = self._wait_terminal(submission_id)
+            if status not in _TERMINAL:  # the stop at the deadline did not take: once more
+                self._stop(submission_id, context)
+                status = self._wait_terminal(submission_id)
+        else:
+            status = str(client.get_job_status(submission_id).value)
         info = client.get_job_info(submission_id)
         reported = reader.reported()
         uri = reported.get("result") or reported.get("run_path") or default_uri
@@ -348,6 +377,24 @@ def _plain_return(context: Any) -> Any:
     finally:
         if step is not None and before is not None:
             step._requires_typed_event_stream = before
+
+
+@functools.cache
+def _client_class() -> type:
+    """dagster-ray's client, stopping an interrupted job with ``stop_job`` (set per run to
+    ``RayJobTrainer._stop``: retried, never raising). Its own single ``stop_job`` call raising
+    (a busy dashboard) would replace the interruption and leave the job running; and the stop
+    must happen inside the Pipes session, whose log reader only ends when the job does."""
+    from dagster_ray.core.pipes import PipesRayJobClient
+
+    class Client(PipesRayJobClient):
+        stop_job: Any = None
+
+        def _terminate(self, context: Any, job_id: str) -> None:
+            context.log.warning(f"Dagster run interrupted: stopping Ray Job {job_id}")
+            self.stop_job(job_id)
+
+    return Client
 
 
 @functools.cache
