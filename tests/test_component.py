@@ -253,6 +253,57 @@ def test_every_section_and_secrets_by_variable_name_only(sandbox, monkeypatch, t
     assert SENTINEL not in seen
 
 
+def test_gcs_and_azure_sections_wire_every_factory(sandbox, monkeypatch, azurite, azure_runs):
+    """gs:// and abfs:// pipelines get their store's resource under their own key, handed to
+    every factory, with credentials by variable name; the Azure one stores a run read from
+    Azurite through the pipeline's own IO manager and registers its best checkpoint."""
+    monkeypatch.setenv("AZ_CONN", azurite.connection_string())
+    monkeypatch.setenv("GCS_TOKEN", SENTINEL)
+    container = azurite.new_container("pipe")
+
+    def with_store(text: str, base: str, store: str) -> str:  # a line after base_path
+        return text.replace(f"base_path: {base}", f"base_path: {base}\n          {store}")
+
+    az_base = f"abfs://{container}/pipe/"
+    write(sandbox, "az", with_store(minimal("az", az_base, prefix="az_"), az_base,
+                                    "azure: {connection_string_env: AZ_CONN}"))
+    write(sandbox, "gs", with_store(
+        minimal("gs", "gcs://ml-bucket/pipe", prefix="gs_"), "gcs://ml-bucket/pipe",
+        'gcs: {project_id: p1, endpoint_url: "http://127.0.0.1:9", access_token_env: GCS_TOKEN}'))
+    with sandbox.build_all_defs() as defs:
+        got = shape(defs)
+        resources = defs.resources or {}
+    assert got["resources"]["az_azure"] == "AzureResource"
+    assert got["resources"]["gs_gcs"] == "GcsResource"
+    for name, key in (("az", "az_azure"), ("gs", "gs_gcs")):
+        assert key in got["assets"][f"{name}_trained_model"]["resource_keys"]
+        assert key in got["sensors"][f"{name}_failed_ray_runs"][0]
+    azure, gcs = resources["az_azure"], resources["gs_gcs"]
+    assert isinstance(azure.connection_string, dg.EnvVar) and azure.connection_string == "AZ_CONN"
+    assert isinstance(gcs.access_token, dg.EnvVar) and gcs.access_token == "GCS_TOKEN"
+    assert (gcs.project_id, gcs.endpoint_url) == ("p1", "http://127.0.0.1:9")
+    for role in ("ray_results", "trainresults_json_io_manager", "checkpoint_registry"):
+        assert resources[f"az_{role}"].azure is azure and resources[f"gs_{role}"].gcs is gcs
+    assert resources["az_ray_results"].base_path == f"abfs://{container}/pipe/results"
+    assert resources["gs_checkpoint_registry"].base_path == "gs://ml-bucket/pipe/registry"
+    assert SENTINEL not in repr(resources) + json.dumps(got, default=str)
+
+    run = azure_runs["success"]
+
+    @dg.asset(io_manager_key="az_ray_results")
+    def trained() -> trd.TrainResult:
+        return trd.TrainResult.from_path(run, azurite.filesystem())
+
+    done = dg.materialize([trained], resources={
+        "az_ray_results": resources["az_ray_results"], "az_azure": azure})
+    stored = done.asset_materializations_for_node("trained")[-1].metadata["dagster/uri"].value
+    assert stored.startswith(f"abfs://{container}/pipe/results/")
+    registry = resources["az_checkpoint_registry"]
+    best = trd.TrainResult.from_path(run, azurite.filesystem()).best_checkpoint("loss", "min")
+    version = registry.register("churn", best, metrics={"loss": 0.4})
+    assert version.uri.startswith(f"abfs://{container}/pipe/registry/")
+
+
 def test_pipelines_alike_share_resources_others_need_a_prefix(sandbox, tmp_path):
     write(sandbox, "a", minimal("a", str(tmp_path)))
     write(sandbox, "b", minimal("b", str(tmp_path)))

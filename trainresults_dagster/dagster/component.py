@@ -20,7 +20,8 @@ every definition, so several pipelines live in one project:
 
 Resources, under the factories' default keys (each prefixed by ``resource_key_prefix``):
 ``ray_results`` (``RayTrainResultIOManager``), ``trainresults_json_io_manager``,
-``checkpoint_registry``, ``alert_sink``, ``serving_target`` and ``s3``. Two pipelines with the
+``checkpoint_registry``, ``alert_sink``, ``serving_target``, and ``s3``, ``gcs`` or ``azure``
+when ``storage`` configures that store. Two pipelines with the
 same storage and sinks share the same resource objects (Dagster merges component
 definitions only when a key's resources are identical); pipelines that differ need
 different ``resource_key_prefix`` values.
@@ -35,6 +36,7 @@ from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
 from trainresults_dagster.dagster.best_checkpoint import build_best_checkpoint_asset
+from trainresults_dagster.dagster.clouds import AzureResource, GcsResource
 from trainresults_dagster.dagster.component_scaffold import TrainingPipelineScaffolder
 from trainresults_dagster.dagster.component_specs import (
     AlertsSpec,
@@ -167,6 +169,18 @@ class TrainingPipeline(dg.Component, dg.Resolvable, dg.Model):
     def s3_key(self) -> str | None:
         return self.key("s3") if self.storage.s3 is not None else None
 
+    @property
+    def gcs_key(self) -> str | None:
+        return self.key("gcs") if self.storage.gcs is not None else None
+
+    @property
+    def azure_key(self) -> str | None:
+        return self.key("azure") if self.storage.azure is not None else None
+
+    def store_keys(self) -> dict[str, str | None]:
+        """``s3_key``/``gcs_key``/``azure_key`` for the factories (None: the store's default)."""
+        return {"s3_key": self.s3_key, "gcs_key": self.gcs_key, "azure_key": self.azure_key}
+
     def location(self, *parts: str) -> str:
         return "/".join([self.storage.base_path, *parts])
 
@@ -188,7 +202,7 @@ class TrainingPipeline(dg.Component, dg.Resolvable, dg.Model):
             params=self.training.params,
             storage_uri=self.location("ray"),
             io_manager_key=self.key("ray_results"),
-            s3_key=self.s3_key,
+            **self.store_keys(),
             deps=deps,
             group_name=group,
             **extra,
@@ -223,7 +237,7 @@ class TrainingPipeline(dg.Component, dg.Resolvable, dg.Model):
                 batch_size=spec.batch_size,
                 num_actors=spec.num_actors,
                 io_manager_key=json_key,
-                s3_key=self.s3_key,
+                **self.store_keys(),
                 group_name=group,
             ))
         if self.serving is not None:
@@ -260,7 +274,7 @@ class TrainingPipeline(dg.Component, dg.Resolvable, dg.Model):
                 alert_sink_key=self.key("alert_sink"),
                 job=job if retrain_on_failure else None,
                 minimum_interval_seconds=alerts.minimum_interval_seconds,
-                s3_key=self.s3_key,
+                **self.store_keys(),
                 default_status=sensor_status,
             ))
         if alerts.training_failure_sensor:
@@ -288,20 +302,33 @@ class TrainingPipeline(dg.Component, dg.Resolvable, dg.Model):
                 aws_secret_access_key=_env(spec.secret_access_key_env),
                 aws_session_token=_env(spec.session_token_env),
             )
+        gcs = azure = None
+        if self.storage.gcs is not None:
+            g = self.storage.gcs
+            gcs = _shared(GcsResource, endpoint_url=g.endpoint_url, project_id=g.project_id,
+                          anonymous=g.anonymous, access_token=_env(g.access_token_env))
+        if self.storage.azure is not None:
+            a = self.storage.azure
+            azure = _shared(AzureResource, account_name=a.account_name,
+                            endpoint_url=a.endpoint_url, account_key=_env(a.account_key_env),
+                            sas_token=_env(a.sas_token_env),
+                            connection_string=_env(a.connection_string_env))
+        stores = {"s3": s3, "gcs": gcs, "azure": azure}
         out: dict[str, Any] = {
             self.key("ray_results"): _shared(
-                RayTrainResultIOManager, base_path=self.location("results"), s3=s3,
+                RayTrainResultIOManager, base_path=self.location("results"), **stores,
                 checkpoints=self.storage.checkpoints, on_error=self.storage.on_error,
             ),
             self.key(JSON_IO_MANAGER_KEY): _shared(
-                JsonIOManager, base_path=self.location("values"), s3=s3
+                JsonIOManager, base_path=self.location("values"), **stores
             ),
             self.key("checkpoint_registry"): _shared(
-                CheckpointRegistry, base_path=self.location("registry"), s3=s3
+                CheckpointRegistry, base_path=self.location("registry"), **stores
             ),
         }
-        if s3 is not None:
-            out[self.key("s3")] = s3
+        for role, store in stores.items():
+            if store is not None:
+                out[self.key(role)] = store
         job_spec = self.training.ray_job
         if self.training.mode == "ray_job" and job_spec is not None:
             config = {

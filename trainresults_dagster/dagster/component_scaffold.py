@@ -40,7 +40,8 @@ attributes:
 
   storage:
     # Root of everything the pipeline writes (ray/ runs, results, values, registry,
-    # predictions): an absolute folder or s3://bucket/prefix.
+    # predictions): an absolute folder, s3://bucket/prefix, gs://bucket/prefix or
+    # abfs://container/prefix.
     base_path: "{{{{ env('TRAINRESULTS_STORAGE', '~/.trainresults') }}}}"
     # checkpoints: copy   # keep a copy after Ray's num_to_keep or a lifecycle rule deletes them
     # Without `s3`, s3:// storage uses the default AWS chain and the AWS_* variables.
@@ -50,6 +51,10 @@ attributes:
     #   region_name: us-east-1
     #   access_key_id_env: MINIO_ACCESS_KEY
     #   secret_access_key_env: MINIO_SECRET_KEY
+    # Without `gcs`, gs:// uses Application Default Credentials (workload identity on GKE);
+    # without `azure`, abfs:// uses AZURE_STORAGE_* or DefaultAzureCredential:
+    # gcs: {project_id: my-project}
+    # azure: {account_name: mlstore, connection_string_env: AZURE_STORAGE_CONNECTION_STRING}
 
   selection:
     # The run's best checkpoint by this metric (NaN, inf and missing values never win).

@@ -8,9 +8,10 @@ and what was expected, never a traceback from this package. The checks are the f
 own validators (``validate_metric``, ``validate_name``, ...), so YAML and Python accept the
 same values.
 
-Secrets never pass through the YAML: webhook URLs and secrets and S3 credentials are given
-as the *names* of environment variables (``url_env: ALERT_URL``), which become
-``dg.EnvVar``s, resolved when the resource is used and shown by name only in the UI.
+Secrets never pass through the YAML: webhook URLs and secrets and S3, GCS and Azure
+credentials are given as the *names* of environment variables (``url_env: ALERT_URL``),
+which become ``dg.EnvVar``s, resolved when the resource is used and shown by name only in
+the UI.
 """
 
 # No "from __future__ import annotations": Dagster derives the YAML schema from the real
@@ -30,8 +31,10 @@ from trainresults_dagster.registry.model_version import validate_name
 from trainresults_dagster.runs.entrypoint import Entrypoint, load_object
 from trainresults_dagster.runs.metrics import validate_metric
 
-#: Storage schemes a pipeline accepts ("" and "file" are local folders).
-SCHEMES = ("", "file", "s3")
+#: Storage schemes a pipeline accepts ("" and "file" are local folders; ``gcs://`` is
+#: ``gs://``, ``az://``/``abfss://`` are ``abfs://``).
+SCHEMES = ("", "file", "s3", "gs", "gcs", "abfs", "abfss", "az")
+_FORMS = "a local folder, s3://bucket/prefix, gs://bucket/prefix or abfs://container/prefix"
 _DAGSTER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -153,15 +156,13 @@ def _predictor(value: Any) -> type:
 
 
 def location(value: Any) -> str:
-    """A local folder (absolute, ``~`` expanded) or ``s3://bucket/prefix``, without a
-    trailing slash."""
+    """A local folder (absolute, ``~`` expanded) or a ``s3://``, ``gs://`` or ``abfs://``
+    (``az://``) location, without a trailing slash."""
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"expected a folder or s3://bucket/prefix, got {value!r}")
+        raise ValueError(f"expected {_FORMS}, got {value!r}")
     scheme, rest = storage.split_scheme(value.strip())
     if scheme not in SCHEMES:
-        raise ValueError(
-            f"expected a local folder or s3://bucket/prefix, got scheme {scheme!r} in {value!r}"
-        )
+        raise ValueError(f"expected {_FORMS}, got scheme {scheme!r} in {value!r}")
     if scheme in ("", "file"):
         path = os.path.expanduser(rest)
         if not os.path.isabs(path):
@@ -173,7 +174,7 @@ def location(value: Any) -> str:
         return os.path.normpath(path)
     if not rest.split("/", 1)[0]:
         raise ValueError(f"expected {scheme}://BUCKET/prefix, but {value!r} names no bucket")
-    return f"{scheme}://{rest.rstrip('/')}"
+    return f"{storage.canonical_scheme(scheme)}://{rest.rstrip('/')}"  # gcs:// is gs://
 
 
 def _optional_location(value: Any) -> str | None:
@@ -200,15 +201,46 @@ class S3Spec(dg.Resolvable, dg.Model):
         _optional_env_name, description="Name of the variable holding a session token.")] = None
 
 
+class GcsSpec(dg.Resolvable, dg.Model):
+    """Google Cloud Storage (a ``GcsResource``); without it, Application Default Credentials."""
+
+    endpoint_url: str | None = Field(
+        default=None, description="GCS JSON API endpoint for an emulator or a private endpoint; "
+        "default: STORAGE_EMULATOR_HOST, else Google's.")
+    project_id: str | None = Field(default=None, description="Google Cloud project.")
+    anonymous: bool = Field(default=False, description="Send no credentials (public buckets).")
+    access_token_env: Annotated[str | None, checked(
+        _optional_env_name,
+        description="Name of the variable holding an OAuth2 access token (instead of ADC).")] = None
+
+
+class AzureSpec(dg.Resolvable, dg.Model):
+    """Azure Blob / ADLS Gen2 (an ``AzureResource``); without it, ``AZURE_STORAGE_*``, else
+    ``DefaultAzureCredential``."""
+
+    account_name: str | None = Field(default=None, description="Storage account name.")
+    endpoint_url: str | None = Field(
+        default=None, description="Blob endpoint for Azurite or a private endpoint.")
+    account_key_env: Annotated[str | None, checked(
+        _optional_env_name, description="Name of the variable holding the account key.",
+        examples=["AZURE_STORAGE_KEY"])] = None
+    sas_token_env: Annotated[str | None, checked(
+        _optional_env_name, description="Name of the variable holding a SAS token.")] = None
+    connection_string_env: Annotated[str | None, checked(
+        _optional_env_name, description="Name of the variable holding a connection string.",
+        examples=["AZURE_STORAGE_CONNECTION_STRING"])] = None
+
+
 class StorageSpec(dg.Resolvable, dg.Model):
     """Where the pipeline keeps everything: ``<base_path>/ray`` (Ray Train runs),
     ``results``, ``values``, ``registry`` and ``predictions``."""
 
     base_path: Annotated[str, checked(
         location,
-        description="Root folder (absolute) or s3://bucket/prefix for runs, results, values, "
-        "the registry and predictions.",
-        examples=["{{ env('TRAINRESULTS_STORAGE', '~/.trainresults') }}", "s3://ml/pipelines"],
+        description="Root folder (absolute), s3://bucket/prefix, gs://bucket/prefix or "
+        "abfs://container/prefix for runs, results, values, the registry and predictions.",
+        examples=["{{ env('TRAINRESULTS_STORAGE', '~/.trainresults') }}", "s3://ml/pipelines",
+                  "gs://ml/pipelines", "abfs://ml/pipelines"],
     )]
     checkpoints: Annotated[Literal["reference", "copy"], checked(
         _choice("reference", "copy"),
@@ -223,6 +255,16 @@ class StorageSpec(dg.Resolvable, dg.Model):
         default=None,
         description="S3 endpoint, region and credential variables (a dagster-aws S3Resource). "
         "Without it, s3:// storage uses the default AWS chain and the AWS_* variables.",
+    )
+    gcs: GcsSpec | None = Field(
+        default=None,
+        description="GCS endpoint, project and token variable (a GcsResource). Without it, "
+        "gs:// storage uses Application Default Credentials (workload identity on GKE).",
+    )
+    azure: AzureSpec | None = Field(
+        default=None,
+        description="Azure account, endpoint and credential variables (an AzureResource). "
+        "Without it, abfs:// storage uses AZURE_STORAGE_* or DefaultAzureCredential.",
     )
 
 
