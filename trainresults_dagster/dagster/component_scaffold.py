@@ -53,8 +53,8 @@ attributes:
     #   secret_access_key_env: MINIO_SECRET_KEY
     # Without `gcs`, gs:// uses Application Default Credentials (workload identity on GKE);
     # without `azure`, abfs:// uses AZURE_STORAGE_* or DefaultAzureCredential:
-    # gcs: {project_id: my-project}
-    # azure: {account_name: mlstore, connection_string_env: AZURE_STORAGE_CONNECTION_STRING}
+    # gcs: {{project_id: my-project}}
+    # azure: {{account_name: mlstore, connection_string_env: AZURE_STORAGE_CONNECTION_STRING}}
 
   selection:
     # The run's best checkpoint by this metric (NaN, inf and missing values never win).
