@@ -177,10 +177,6 @@ class TrainingPipeline(dg.Component, dg.Resolvable, dg.Model):
     def azure_key(self) -> str | None:
         return self.key("azure") if self.storage.azure is not None else None
 
-    def store_keys(self) -> dict[str, str | None]:
-        """``s3_key``/``gcs_key``/``azure_key`` for the factories (None: the store's default)."""
-        return {"s3_key": self.s3_key, "gcs_key": self.gcs_key, "azure_key": self.azure_key}
-
     def location(self, *parts: str) -> str:
         return "/".join([self.storage.base_path, *parts])
 
@@ -202,7 +198,7 @@ class TrainingPipeline(dg.Component, dg.Resolvable, dg.Model):
             params=self.training.params,
             storage_uri=self.location("ray"),
             io_manager_key=self.key("ray_results"),
-            **self.store_keys(),
+            s3_key=self.s3_key, gcs_key=self.gcs_key, azure_key=self.azure_key,
             deps=deps,
             group_name=group,
             **extra,
@@ -237,7 +233,7 @@ class TrainingPipeline(dg.Component, dg.Resolvable, dg.Model):
                 batch_size=spec.batch_size,
                 num_actors=spec.num_actors,
                 io_manager_key=json_key,
-                **self.store_keys(),
+                s3_key=self.s3_key, gcs_key=self.gcs_key, azure_key=self.azure_key,
                 group_name=group,
             ))
         if self.serving is not None:
@@ -274,7 +270,7 @@ class TrainingPipeline(dg.Component, dg.Resolvable, dg.Model):
                 alert_sink_key=self.key("alert_sink"),
                 job=job if retrain_on_failure else None,
                 minimum_interval_seconds=alerts.minimum_interval_seconds,
-                **self.store_keys(),
+                s3_key=self.s3_key, gcs_key=self.gcs_key, azure_key=self.azure_key,
                 default_status=sensor_status,
             ))
         if alerts.training_failure_sensor:
