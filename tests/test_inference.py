@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 import dagster as dg
 import inference_predictors as preds
@@ -221,6 +222,7 @@ def test_ray_engine_matches_local_engine_on_s3(registry, input_dir, moto, ray_se
     import ray
 
     assert ray.is_initialized()  # the session's Ray, not shut down by the engine
+    assert _alive_map_workers(within=20.0) == []  # and the actor pool released
 
 
 def test_ray_engine_names_the_failing_batch(registry, input_dir, tmp_path, ray_session):
@@ -228,14 +230,30 @@ def test_ray_engine_names_the_failing_batch(registry, input_dir, tmp_path, ray_s
 
     ray.cloudpickle.register_pickle_by_value(preds)
     out = str(tmp_path / "predictions")
+    # Ray Data keeps a failed dataset's actor pool alive while its driver lives (a Dagster step
+    # process ends, and the actors with it). Here the driver is the whole test session: with
+    # no CPU reserved, that actor cannot starve the Ray Train runs of later tests.
     with pytest.raises(trd.PredictorError) as err:
         trd.run_batch_inference(
             registry.get("m"), preds.RaisesOnId, input_dir, out, engine="ray",
-            batch_size=BATCH, num_cpus_per_actor=0.5,
+            batch_size=BATCH, num_cpus_per_actor=0,
         )
     text = str(err.value)
     assert "out of range for id 2500" in text and "batch" in text and "part-0.parquet" in text, text
     assert not os.path.exists(out) and siblings(out) == []
+
+
+def _alive_map_workers(within: float) -> list[str]:
+    from ray.util.state import list_actors
+
+    deadline = time.monotonic() + within
+    while True:
+        alive = [f"{a.class_name} pid {a.pid}"
+                 for a in list_actors(filters=[("state", "=", "ALIVE")], limit=10_000)
+                 if "MapWorker" in (a.class_name or "")]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.5)
 
 
 def test_dagster_asset_records_lineage_and_is_read_downstream(registry, input_dir, tmp_path):
