@@ -207,7 +207,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if LANE is None:
         return
     keep = [i for i in items if (i.get_closest_marker("ray_live") is not None) == (LANE == "ray")]
-    dropped = [i for i in items if i not in set(keep)]
+    kept = set(keep)
+    dropped = [i for i in items if i not in kept]
     if dropped:
         config.hook.pytest_deselected(items=dropped)
     if LANE == "rest":  # whole modules stay together (their module fixtures set up once)
@@ -231,9 +232,17 @@ def _lane_rest_never_starts_ray(request: pytest.FixtureRequest) -> Iterator[None
 @pytest.fixture(scope="session", autouse=True)
 def _lane_ray_builds_the_shared_runs(request: pytest.FixtureRequest) -> None:
     """In lane "ray", build every shared run before the first test (lane "rest" waits)."""
-    if LANE == "ray":
-        for name in ("v2_runs", "v1_runs", "retried_env_run", "tune_sweep"):
+    if LANE != "ray":
+        return
+    kinds = {"v2_runs": "v2", "v1_runs": "v1", "retried_env_run": "env", "tune_sweep": "tune"}
+    for done, name in enumerate(kinds):
+        try:
             request.getfixturevalue(name)
+        except BaseException as exc:  # lane "rest" must not wait for the kinds never built
+            for kind in list(kinds.values())[done + 1:]:
+                (Path(RUNS_CACHE or ".") / f"{kind}.failed").write_text(
+                    f"not built: building {kinds[name]} failed first ({type(exc).__name__})")
+            raise
 
 
 #: Development aid (CI never sets it): reuse runs made by an earlier pytest session from
@@ -241,8 +250,11 @@ def _lane_ray_builds_the_shared_runs(request: pytest.FixtureRequest) -> None:
 #: the two lanes of `make test`. Tests must treat the runs as read-only.
 RUNS_CACHE = (os.environ.get("TRAINRESULTS_TEST_RUNS_CACHE")
               or os.environ.get("TRAINRESULTS_TEST_SHARED_RUNS"))
-#: How long lane "rest" waits for a kind of run lane "ray" builds (within pytest's timeout).
-SHARED_RUNS_WAIT_SECONDS = 540.0
+#: Until when lane "rest" waits for the runs lane "ray" builds: one deadline from the start
+#: of the session, within pytest's per-test timeout (lane "ray" builds them in about 5 min).
+SHARED_RUNS_DEADLINE = time.monotonic() + 840.0
+#: Written by tests/lanes.py when lane "ray" exits: whatever it did not build never comes.
+LANE_RAY_EXITED = "lane-ray.exited"
 
 
 @pytest.fixture(scope="session")
@@ -259,15 +271,16 @@ def _read_marker(marker: Path) -> dict[str, str]:
 
 def _wait_for_lane_ray(root: Path, kind: str) -> dict[str, str]:
     marker, failed = root / f"{kind}.done", root / f"{kind}.failed"
-    deadline = time.monotonic() + SHARED_RUNS_WAIT_SECONDS
-    while time.monotonic() < deadline:
+    while time.monotonic() < SHARED_RUNS_DEADLINE:
         if marker.exists():
             return _read_marker(marker)
         if failed.exists():
             raise RuntimeError(f"lane 'ray' could not build the {kind} runs: {failed.read_text()}")
+        if (root / LANE_RAY_EXITED).exists() and not marker.exists():
+            raise RuntimeError(f"lane 'ray' exited without building the {kind} runs (see its log)")
         time.sleep(0.5)
-    raise RuntimeError(f"lane 'ray' did not build the {kind} runs in {root} within "
-                       f"{SHARED_RUNS_WAIT_SECONDS:.0f}s (is it running? see its log)")
+    raise RuntimeError(f"lane 'ray' did not build the {kind} runs in {root} in time "
+                       "(is it running? see its log)")
 
 
 def _cached(root: Path, kind: str, request: pytest.FixtureRequest, make: Any) -> dict[str, str]:

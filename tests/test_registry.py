@@ -469,9 +469,10 @@ def test_a_missing_bucket_is_named_not_taken_for_a_lost_race(store, request, tmp
     with pytest.raises(trd.StorageError, match=rf"{store}://{missing}/reg.*{kind} "
                                                rf"'{missing}'.*does not exist"):
         registry.register("clf", trd.Checkpoint(str(src)), metrics={})
-    if store != "gs":  # GCS answers a read in a missing bucket like a missing object
-        with pytest.raises(trd.StorageError, match="does not exist"):
-            registry.promote("clf", 1)
+    with pytest.raises(trd.StorageError, match="does not exist"):  # reads too
+        registry.promote("clf", 1)
+    with pytest.raises(trd.StorageError, match="does not exist"):
+        registry.versions("clf")
 
 
 def test_azure_copy_is_server_side(azurite):

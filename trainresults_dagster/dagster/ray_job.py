@@ -215,7 +215,14 @@ class RayJobTrainer(dg.ConfigurableResource):
             message_reader=reader, forward_termination=True,
             timeout=self.timeout_seconds, poll_interval=self.poll_interval_seconds,
         )
-        client.stop_job = lambda job_id: self._stop(job_id, context)
+        interrupted = threading.Event()
+
+        def stop_interrupted(job_id: str) -> None:
+            interrupted.set()
+            status = self._stop_until_terminal(job_id, context)
+            context.log.warning(f"Dagster run interrupted: Ray Job {job_id} is {status}")
+
+        client.stop_job = stop_interrupted
         context.log.info(f"submitting Ray Job {submission_id}: {entrypoint}")
         started = time.monotonic()
         timed_out = threading.Event()
@@ -223,23 +230,16 @@ class RayJobTrainer(dg.ConfigurableResource):
             with self._deadline(submission_id, timed_out, context), _plain_return(context):
                 client.run(context=context, submit_job_params=params)  # type: ignore[arg-type]
         except DagsterExecutionInterruptedError:
-            # The client has asked Ray to stop the job (retried, see _client_class); wait until
-            # Ray says it stopped. The interruption is what the step reports, whatever the
-            # dashboard answers now.
-            try:
-                status = self._wait_terminal(submission_id)
-                if status not in _TERMINAL:
-                    self._stop(submission_id, context)
-                    status = self._wait_terminal(submission_id)
-                context.log.warning(f"Dagster run interrupted: Ray Job {submission_id} is {status}")
-            except Exception as exc:  # noqa: BLE001 - reported; the interruption stays the outcome
-                context.log.error(
-                    f"Dagster run interrupted; could not confirm that Ray Job {submission_id} "
-                    f"stopped: {type(exc).__name__}: {exc}"
-                )
-            raise
-        except RuntimeError as exc:
-            if not str(exc).startswith("[pipes] Ray job"):
+            raise  # the job was stopped inside the session (stop_interrupted)
+        except Exception as exc:
+            if interrupted.is_set():
+                # Closing the Pipes session failed after the interruption (a job that would
+                # not stop keeps its log stream open): the interruption stays the outcome.
+                context.log.error(f"Ray Job {submission_id} after the interruption: "
+                                  f"{type(exc).__name__}: {exc}")
+                raise DagsterExecutionInterruptedError(
+                    f"interrupted; Ray Job {submission_id} may still be running") from exc
+            if not isinstance(exc, RuntimeError) or not str(exc).startswith("[pipes] Ray job"):
                 raise  # not a job outcome (submission refused, dashboard down): say so as is
         finished = time.monotonic()
         return self._collect(
@@ -257,7 +257,8 @@ class RayJobTrainer(dg.ConfigurableResource):
         def expire() -> None:
             timed_out.set()
             context.log.warning(f"Ray Job {job_id} exceeded {self.timeout_seconds}s: stopping it")
-            self._stop(job_id, context)
+            status = self._stop_until_terminal(job_id, context)
+            context.log.warning(f"Ray Job {job_id} is {status} after its timeout")
 
         timer = threading.Timer(self.timeout_seconds, expire)
         timer.daemon = True
@@ -282,6 +283,23 @@ class RayJobTrainer(dg.ConfigurableResource):
         context.log.error(f"could not stop Ray Job {job_id} after {attempts} attempts: {last}")
         return False
 
+    def _stop_until_terminal(self, job_id: str, context: Any, rounds: int = 3) -> str:
+        """Stop the job (retried) and wait up to ``stop_wait_seconds`` for Ray to say it
+        ended, ``rounds`` times; the last status seen (never raises: the caller's outcome,
+        an interruption or a timeout, is what the step reports)."""
+        status = "UNKNOWN"
+        for _ in range(rounds):
+            self._stop(job_id, context)
+            try:
+                status = self._wait_terminal(job_id)
+            except Exception as exc:  # noqa: BLE001 - the dashboard did not answer: next round
+                context.log.error(f"status of Ray Job {job_id}: {type(exc).__name__}: {exc}")
+                continue
+            if status in _TERMINAL:
+                return status
+        context.log.error(f"Ray Job {job_id} is still {status} after {rounds} stop requests")
+        return status
+
     def _wait_terminal(self, job_id: str) -> str:
         client = self.submission_client()
         deadline = time.monotonic() + self.stop_wait_seconds
@@ -296,13 +314,7 @@ class RayJobTrainer(dg.ConfigurableResource):
         timed_out: bool, elapsed: float, stores: StoreSettings,
     ) -> TrainResult:
         client = self.submission_client()
-        if timed_out:
-            status = self._wait_terminal(submission_id)
-            if status not in _TERMINAL:  # the stop at the deadline did not take: once more
-                self._stop(submission_id, context)
-                status = self._wait_terminal(submission_id)
-        else:
-            status = str(client.get_job_status(submission_id).value)
+        status = str(client.get_job_status(submission_id).value)  # terminal: run() returned
         info = client.get_job_info(submission_id)
         reported = reader.reported()
         uri = reported.get("result") or reported.get("run_path") or default_uri
@@ -381,10 +393,11 @@ def _plain_return(context: Any) -> Any:
 
 @functools.cache
 def _client_class() -> type:
-    """dagster-ray's client, stopping an interrupted job with ``stop_job`` (set per run to
-    ``RayJobTrainer._stop``: retried, never raising). Its own single ``stop_job`` call raising
-    (a busy dashboard) would replace the interruption and leave the job running; and the stop
-    must happen inside the Pipes session, whose log reader only ends when the job does."""
+    """dagster-ray's client, stopping an interrupted job with ``stop_job`` (set per run: stop
+    requests retried until Ray reports the job ended, never raising). Its own single
+    ``stop_job`` call raising (a busy dashboard) would replace the interruption and leave the
+    job running; and the stop must happen inside the Pipes session, whose log reader only
+    ends when the job does."""
     from dagster_ray.core.pipes import PipesRayJobClient
 
     class Client(PipesRayJobClient):

@@ -233,6 +233,8 @@ class S3Store:
 
     def _fail(self, what: str, key: str, exc: Exception) -> StorageError:
         code, status = _error_code(exc)
+        if code == "NoSuchBucket":
+            return self._no_bucket()
         detail = f"{code} (HTTP {status})" if code else f"{type(exc).__name__}: {exc}"
         return StorageError(f"{what} failed at {self.uri(key)}: {detail}")
 

@@ -47,15 +47,21 @@ class _Prefixed:
         return f"{self.scheme}://{self.container}/{self._key(key)}"
 
     def _fail(self, what: str, key: str, exc: Exception) -> StorageError:
+        if getattr(exc, "error_code", None) == "ContainerNotFound":  # Azure
+            return self._no_container("container", exc)
+        if what == "list" and type(exc).__name__ == "NotFound":  # GCS: a listing's 404 is the bucket
+            return self._no_container("bucket", exc)
         scrub(exc)  # azure-core puts the request URL, SAS signature included, in its message
         return StorageError(f"{what} failed at {self.uri(key)}: {type(exc).__name__}: "
                             f"{_first_line(exc)}")
 
-    def _no_container(self, kind: str, exc: Exception) -> StorageError:
-        scrub(exc)
+    def _no_container(self, kind: str, exc: Exception | None) -> StorageError:
+        if exc is not None:
+            scrub(exc)
+        why = f" ({type(exc).__name__})" if exc is not None else ""
         return StorageError(
             f"the registry at {self.uri('')} is in {kind} {self.container!r}, which does not "
-            f"exist ({type(exc).__name__}): create the {kind}, or fix the registry's base_path"
+            f"exist{why}: create the {kind}, or fix the registry's base_path"
         )
 
     def _try_create(self, key: str, data: bytes) -> bool:
@@ -96,9 +102,22 @@ class GcsStore(_Prefixed):
         super().__init__("gs", bucket, prefix)
         self.client = client
         self.bucket = client.bucket(bucket)
+        self._bucket_seen = False
 
     def _ignored(self) -> str:
         return "'ifGenerationMatch=0'"
+
+    def _require_bucket(self) -> None:
+        """Once per store: a missing object in a missing bucket is an error, not "absent"."""
+        if self._bucket_seen:
+            return
+        try:
+            found = self.bucket.exists()
+        except Exception as exc:  # noqa: BLE001
+            raise self._fail("bucket lookup", "", exc) from exc
+        if not found:
+            raise self._no_container("bucket", None)
+        self._bucket_seen = True
 
     def _blob(self, key: str, generation: int | None = None) -> Any:
         return self.bucket.blob(self._key(key), generation=generation)
@@ -115,6 +134,7 @@ class GcsStore(_Prefixed):
             try:
                 blob = self.bucket.get_blob(self._key(key))
                 if blob is None:
+                    self._require_bucket()  # get_blob answers a missing bucket with None too
                     return None
                 # Pinned to the generation just read: content and etag always belong together.
                 data = blob.download_as_bytes(if_generation_match=blob.generation)
@@ -211,7 +231,7 @@ class AzureStore(_Prefixed):
             download = self._blob(key).download_blob()
             return download.readall(), str(download.properties.etag)
         except Exception as exc:  # noqa: BLE001 - azure-core errors are classified by name
-            if str(getattr(exc, "error_code", "") or "") == "ContainerNotFound":
+            if getattr(exc, "error_code", None) == "ContainerNotFound":
                 raise self._no_container("container", exc) from exc
             if type(exc).__name__ == "ResourceNotFoundError":
                 return None
@@ -231,7 +251,7 @@ class AzureStore(_Prefixed):
             )
             return True
         except Exception as exc:  # noqa: BLE001 - azure-core errors are classified by name
-            if str(getattr(exc, "error_code", "") or "") == "ContainerNotFound":
+            if getattr(exc, "error_code", None) == "ContainerNotFound":
                 raise self._no_container("container", exc) from exc
             if type(exc).__name__ in ("ResourceExistsError", "ResourceModifiedError",
                                       "ResourceNotFoundError"):
