@@ -271,16 +271,17 @@ def _read_marker(marker: Path) -> dict[str, str]:
 
 def _wait_for_lane_ray(root: Path, kind: str) -> dict[str, str]:
     marker, failed = root / f"{kind}.done", root / f"{kind}.failed"
-    while time.monotonic() < SHARED_RUNS_DEADLINE:
+    while True:  # the deadline bounds the waiting, never a marker already there
         if marker.exists():
             return _read_marker(marker)
         if failed.exists():
             raise RuntimeError(f"lane 'ray' could not build the {kind} runs: {failed.read_text()}")
         if (root / LANE_RAY_EXITED).exists() and not marker.exists():
             raise RuntimeError(f"lane 'ray' exited without building the {kind} runs (see its log)")
+        if time.monotonic() > SHARED_RUNS_DEADLINE:
+            raise RuntimeError(f"lane 'ray' did not build the {kind} runs in {root} in time "
+                               "(is it running? see its log)")
         time.sleep(0.5)
-    raise RuntimeError(f"lane 'ray' did not build the {kind} runs in {root} in time "
-                       "(is it running? see its log)")
 
 
 def _cached(root: Path, kind: str, request: pytest.FixtureRequest, make: Any) -> dict[str, str]:
